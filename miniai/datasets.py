@@ -4,7 +4,7 @@
 
 # %% ../nbs/05_datasets.ipynb #c3b6843b
 from __future__ import annotations
-import gzip, hashlib, math, os, struct
+import gzip, hashlib, math, os, struct, zlib
 from operator import itemgetter
 from pathlib import Path
 
@@ -31,7 +31,7 @@ def _read_bytes(fn):
         if fn.suffix == '.gz':
             with gzip.open(fn, 'rb') as f: return f.read()
         return fn.read_bytes()
-    except (OSError, EOFError) as e:
+    except (OSError, EOFError, zlib.error) as e:
         raise DataFileError(f"Could not read {fn}: {e}. The file is corrupt or truncated; delete it and fetch it again.") from e
 
 # %% ../nbs/05_datasets.ipynb #818d3bde
@@ -182,12 +182,13 @@ def fashion_mnist_tensors(path=None, cache=True):
 
 def _atomic_save(obj, fn):
     "Save to a temporary file, then rename: a crash never leaves a half-written cache behind."
+    tmp = fn.with_suffix(f'.tmp{os.getpid()}')
     try:
         fn.parent.mkdir(parents=True, exist_ok=True)
-        tmp = fn.with_suffix(f'.tmp{os.getpid()}')
         torch.save(obj, tmp)
         os.replace(tmp, fn)
-    except OSError: pass  # a read-only home folder only costs us the cache
+    except (OSError, RuntimeError):  # torch reports a file it can't open as RuntimeError
+        tmp.unlink(missing_ok=True)   # a read-only home folder only costs us the cache
 
 # %% ../nbs/05_datasets.ipynb #fb5e2b27
 def _to_dataset(x, y):
@@ -242,7 +243,7 @@ class DataLoaders:
         self.train, self.valid = dls[:2]
 
     @classmethod
-    def from_dd(cls, dd, batch_size, as_tuple=True, **kwargs):
+    def from_dd(cls, dd, batch_size, **kwargs):
         "Loaders for the first two splits of `dd` (train shuffled; validation unshuffled, twice the batch size)."
         if len(dd) < 2: raise ValueError(f"from_dd needs a DatasetDict with a training and a validation split; got {list(dd)}.")
         train, valid = list(dd.values())[:2]
@@ -257,10 +258,10 @@ class TensorLoader:
     "Batches `(xb, yb)` from a `uint8` image tensor by indexing; `xb` is float, `(bs, 1, h, w)`, normalised with `mean` and `std`."
     def __init__(self, x, y, bs=1024, shuffle=False, mean=XMEAN, std=XSTD, drop_last=False):
         if len(x) != len(y): raise ValueError(f"TensorLoader got {len(x)} images but {len(y)} labels.")
-        if int(bs) < 1: raise ValueError(f"Batch size must be a positive integer, got {bs}.")
+        if not isinstance(bs, int) or bs < 1: raise ValueError(f"Batch size must be a positive integer, got {bs!r}.")
         if x.ndim == 3: x = x[:, None]
         fc.store_attr('x,y,shuffle,mean,std,drop_last')
-        self.bs = int(bs)
+        self.bs = bs
 
     def __len__(self): return len(self.x)//self.bs if self.drop_last else math.ceil(len(self.x)/self.bs)
 
@@ -290,6 +291,7 @@ def show_image(im, ax=None, figsize=None, title=None, noframe=True, **kwargs):
     if fc.hasattrs(im, ('cpu', 'permute', 'detach')):
         im = im.detach().cpu()
         if len(im.shape) == 3 and im.shape[0] < 5: im = im.permute(1, 2, 0)
+        im = im.numpy()
     elif not isinstance(im, np.ndarray): im = np.array(im)
     if im.shape[-1] == 1: im = im[..., 0]
     if ax is None: _, ax = plt.subplots(figsize=figsize)

@@ -39,8 +39,13 @@ def_device = _best_device()
 def to_device(x, device=def_device):
     "Move tensors in `x` (a tensor, or a list, tuple or dict of them) to `device`."
     if isinstance(x, torch.Tensor): return x.to(device)
-    if isinstance(x, dict): return {k: to_device(v, device) for k, v in x.items()}
-    if isinstance(x, (list, tuple)): return type(x)(to_device(o, device) for o in x)
+    return _map_nested(partial(to_device, device=device), x)
+
+def _map_nested(f, x):
+    "Apply `f` to the items of a dict, list, tuple or namedtuple, keeping its type; leave anything else alone."
+    if isinstance(x, dict): return {k: f(v) for k, v in x.items()}
+    if isinstance(x, tuple) and hasattr(x, '_fields'): return type(x)(*map(f, x))
+    if isinstance(x, (list, tuple)): return type(x)(map(f, x))
     return x
 
 # %% ../nbs/09_learner.ipynb #4d4c015f
@@ -49,9 +54,7 @@ def to_cpu(x):
     if isinstance(x, torch.Tensor):
         x = x.detach().cpu()
         return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-    if isinstance(x, dict): return {k: to_cpu(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)): return type(x)(to_cpu(o) for o in x)
-    return x
+    return _map_nested(to_cpu, x)
 
 # %% ../nbs/09_learner.ipynb #5d6f016f
 class Callback:
@@ -136,7 +139,10 @@ class Learner:
         try:
             self.n_epochs = n_epochs
             self.epochs = range(n_epochs)
-            if self.opt_func: self.opt = self.opt_func(self.model.parameters(), self.lr if lr is None else lr)
+            lr = self.lr if lr is None else lr
+            if self.opt_func:
+                if lr is None: raise ValueError("No learning rate: pass `lr=` to the Learner or to `fit` (`lr_find` helps choose one).")
+                self.opt = self.opt_func(self.model.parameters(), lr)
             self._fit(train, valid)
         finally:
             for cb in cbs: self.cbs.remove(cb)
@@ -155,6 +161,7 @@ class TrainCB(Callback):
     "The basic training steps; the first `n_inp` items of a batch go to the model, the rest to the loss."
     def __init__(self, n_inp=1): self.n_inp = n_inp
     def before_fit(self, learn): learn.n_inp = self.n_inp
+    def cleanup_fit(self, learn): learn.__dict__.pop('n_inp', None)  # back to the class default once this fit is over
     def predict(self, learn): learn.preds = learn.model(*learn.batch[:self.n_inp])
     def get_loss(self, learn): learn.loss = learn.loss_func(learn.preds, *learn.batch[self.n_inp:])
     def backward(self, learn): learn.loss.backward()
@@ -274,26 +281,28 @@ class LRFinderCB(Callback):
     def before_fit(self, learn):
         self.sched = ExponentialLR(learn.opt, self.gamma)
         self.lrs, self.losses = [], []
-        self.min = math.inf
+        self.min, self.exploded = math.inf, False
 
     def after_batch(self, learn):
         if not learn.training: raise CancelEpochException()
         self.lrs.append(learn.opt.param_groups[0]['lr'])
         loss = to_cpu(learn.loss).item()
         self.losses.append(loss)
-        if not math.isfinite(loss) or loss > self.min*self.max_mult: raise CancelFitException()
+        if not math.isfinite(loss) or loss > self.min*self.max_mult:
+            self.exploded = True
+            raise CancelFitException()
         self.min = min(self.min, loss)
         self.sched.step()
 
     def suggestion(self, beta=0.7):
-        "A tenth of the LR at which the smoothed loss is lowest."
+        "A tenth of the LR at which the smoothed loss is lowest (never below the first LR tried)."
+        losses = self.losses[:-1] if self.exploded else self.losses  # the loss that stopped the search isn't a candidate
         smooth, avg = [], None
-        for l in self.losses:
-            if not math.isfinite(l): break
+        for l in losses:
             avg = l if avg is None else beta*avg + (1 - beta)*l
             smooth.append(avg)
         if not smooth: return None
-        return self.lrs[min(range(len(smooth)), key=smooth.__getitem__)] / 10
+        return max(self.lrs[min(range(len(smooth)), key=smooth.__getitem__)] / 10, self.lrs[0])
 
     def plot(self, ax=None):
         if ax is None: _, ax = plt.subplots()
@@ -310,13 +319,16 @@ class LRFindResult(fc.GetAttr):
     "What `lr_find` found: `lrs`, `losses`, and the `suggestion`."
     _default = 'finder'
     def __init__(self, finder): self.finder, self.suggestion = finder, finder.suggestion()
-    def __repr__(self): return f'LRFindResult(suggestion={self.suggestion:.3g}, tried {len(self.lrs)} LRs from {self.lrs[0]:.2g} to {self.lrs[-1]:.2g})' if self.lrs else 'LRFindResult(no batches run)'
+    def __repr__(self):
+        if not self.lrs: return 'LRFindResult(no batches run)'
+        s = 'none' if self.suggestion is None else f'{self.suggestion:.3g}'
+        return f'LRFindResult(suggestion={s}, tried {len(self.lrs)} LRs from {self.lrs[0]:.2g} to {self.lrs[-1]:.2g})'
 
 @fc.patch
 def lr_find(self:Learner, gamma=1.3, max_mult=3, start_lr=1e-5, max_epochs=10):
     "Grow the LR from `start_lr` by `gamma` each batch until the loss explodes; plot loss against LR, restore the weights."
     state = copy.deepcopy(self.model.state_dict())
     finder = LRFinderCB(gamma=gamma, max_mult=max_mult)
-    try: self.fit(max_epochs, lr=start_lr, cbs=finder)
+    try: self.fit(max_epochs, lr=start_lr, valid=False, cbs=finder)
     finally: self.model.load_state_dict(state)
     return LRFindResult(finder)
