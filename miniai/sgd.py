@@ -132,7 +132,7 @@ class RecorderCB(HasLearnCB):
         n = len(self.recs)
         fig, axs = plt.subplots(1, n, figsize=figsize or (4.5*n, 3.5), squeeze=False)
         for ax, (k, v) in zip(axs.flat, self.recs.items()): ax.plot(v); ax.set_title(k); ax.set_xlabel('batch')
-        return axs.flat
+        return axs.flatten()
 
 # %% ../nbs/12_accel_sgd.ipynb #005469ff
 class EpochSchedCB(BaseSchedCB):
