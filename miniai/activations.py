@@ -126,6 +126,7 @@ class ActivationStats(HooksCallback):
             ax.plot(get_min(h))
             ax.set_ylim(0, 1)
             ax.set_title(f'{i}: {h.name}')
+        fig.tight_layout()
 
     def plot_stats(self, figsize=(10, 4)):
         "Means and standard deviations of each layer's activations, per batch."

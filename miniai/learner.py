@@ -4,7 +4,7 @@
 
 # %% ../nbs/09_learner.ipynb #79a56a83
 from __future__ import annotations
-import copy, math
+import copy, math, time
 from functools import partial, wraps
 from operator import attrgetter
 
@@ -217,15 +217,16 @@ class DeviceCB(Callback):
 from fastprogress import master_bar, progress_bar
 
 class ProgressCB(Callback):
-    "Progress bars for epochs and batches, a metrics table, and with `plot=True` a live loss plot."
+    "Progress bars for epochs and batches, a metrics table, and with `plot=True` a live loss plot (redrawn at most every `every` seconds)."
     order = MetricsCB.order + 1
-    def __init__(self, plot=False): self.plot = plot
+    def __init__(self, plot=False, every=1.): self.plot, self.every = plot, every
 
     def before_fit(self, learn):
         learn.epochs = self.mbar = master_bar(learn.epochs)
         self.first = True
         if hasattr(learn, 'metrics'): learn.metrics._log = self._log
         self.losses, self.val_losses = [], []
+        self.drawn = -math.inf
 
     def _log(self, d):
         if self.first:
@@ -239,7 +240,7 @@ class ProgressCB(Callback):
         learn.dl.comment = f'{learn.loss:.3f}'
         if self.plot and learn.training:
             self.losses.append(learn.loss.item())
-            self._update_graph(learn)
+            if time.monotonic() - self.drawn > self.every: self._update_graph(learn)
 
     def after_epoch(self, learn):
         if self.plot and not learn.training and hasattr(learn, 'metrics'):
@@ -247,6 +248,7 @@ class ProgressCB(Callback):
             self._update_graph(learn)
 
     def _update_graph(self, learn):
+        self.drawn = time.monotonic()
         graphs = [[range(len(self.losses)), self.losses]]
         if self.val_losses:
             graphs.append([[(i + 1)*len(learn.dls.train) for i in range(len(self.val_losses))], self.val_losses])
