@@ -13,7 +13,7 @@ from torch import nn
 from .learner import *
 
 # %% auto #0
-__all__ = ['cpu_has_fast_bf16', 'MixedPrecisionCB', 'ChannelsLastCB', 'to_fast']
+__all__ = ['cpu_has_fast_bf16', 'machine_info', 'MixedPrecisionCB', 'ChannelsLastCB', 'to_fast']
 
 # %% ../nbs/11a_accel.ipynb #56c39379
 def cpu_has_fast_bf16() -> bool:
@@ -24,6 +24,17 @@ def cpu_has_fast_bf16() -> bool:
 def _model_device(model):
     p = next(iter(model.parameters()), None)
     return p.device.type if p is not None else 'cpu'
+
+# %% ../nbs/11a_accel.ipynb #4c715e69
+def machine_info() -> str:
+    "One line for reports: CPU model, cores, PyTorch threads, GPU if any, PyTorch version and today's date."
+    import datetime, os, platform
+    cpu = platform.processor() or platform.machine()
+    try: cpu = next(l.split(':', 1)[1].strip() for l in open('/proc/cpuinfo') if l.startswith('model name'))
+    except (OSError, StopIteration): pass
+    gpu = f', GPU {torch.cuda.get_device_name()}' if torch.cuda.is_available() else ''
+    return (f'{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch thread(s){gpu}, '
+            f'torch {torch.__version__}, {datetime.date.today()}')
 
 # %% ../nbs/11a_accel.ipynb #c4c28851
 class MixedPrecisionCB(Callback):

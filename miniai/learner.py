@@ -214,30 +214,35 @@ class DeviceCB(Callback):
     def before_batch(self, learn): learn.batch = to_device(learn.batch, device=self.device)
 
 # %% ../nbs/09_learner.ipynb #4a53371c
+import sys
 from fastprogress import master_bar, progress_bar
 
 class ProgressCB(Callback):
-    "Progress bars for epochs and batches, a metrics table, and with `plot=True` a live loss plot (redrawn at most every `every` seconds)."
+    "Progress bars and a metrics table; with `plot=True` a live loss plot (redrawn at most every `every` seconds)."
     order = MetricsCB.order + 1
-    def __init__(self, plot=False, every=1.): self.plot, self.every = plot, every
+    def __init__(self, plot=False, every=1., bars=None): self.plot, self.every, self.bars = plot, every, bars
 
     def before_fit(self, learn):
-        learn.epochs = self.mbar = master_bar(learn.epochs)
+        # bars in a notebook or a terminal; when output goes to a file or a pipe, only the table, one line per epoch
+        self.show_bars = self.bars if self.bars is not None else fc.IN_NOTEBOOK or sys.stdout.isatty()
+        if self.show_bars: learn.epochs = self.mbar = master_bar(learn.epochs)
         self.first = True
         if hasattr(learn, 'metrics'): learn.metrics._log = self._log
         self.losses, self.val_losses = [], []
         self.drawn = -math.inf
 
     def _log(self, d):
-        if self.first:
-            self.mbar.write(list(d), table=True)
-            self.first = False
-        self.mbar.write(list(map(str, d.values())), table=True)
+        rows = ([list(d)] if self.first else []) + [list(map(str, d.values()))]
+        self.first = False
+        for row in rows:
+            if self.show_bars: self.mbar.write(row, table=True)
+            else: print('  '.join(f'{c:>10}' for c in row), flush=True)
 
-    def before_epoch(self, learn): learn.dl = progress_bar(learn.dl, leave=False, parent=self.mbar)
+    def before_epoch(self, learn):
+        if self.show_bars: learn.dl = progress_bar(learn.dl, leave=False, parent=self.mbar)
 
     def after_batch(self, learn):
-        learn.dl.comment = f'{learn.loss:.3f}'
+        if self.show_bars: learn.dl.comment = f'{learn.loss:.3f}'
         if self.plot and learn.training:
             self.losses.append(learn.loss.item())
             if time.monotonic() - self.drawn > self.every: self._update_graph(learn)
@@ -249,6 +254,7 @@ class ProgressCB(Callback):
 
     def _update_graph(self, learn):
         self.drawn = time.monotonic()
+        if not self.show_bars: return
         graphs = [[range(len(self.losses)), self.losses]]
         if self.val_losses:
             graphs.append([[(i + 1)*len(learn.dls.train) for i in range(len(self.val_losses))], self.val_losses])

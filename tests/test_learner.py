@@ -563,7 +563,16 @@ def test_progresscb_prints_a_table_in_console(capsys):
     for r, h in zip(rows[1:], metrics.history):
         assert r[:2] == [f"{h['MulticlassAccuracy']:.3f}", f"{h['loss']:.3f}"]
     assert "{'" not in out  # ProgressCB took over MetricsCB's printing
+    assert 'Epoch' not in out and '\r' not in out  # output is not a terminal: a plain table, no progress bars
+
+
+def test_progresscb_bars_forced_in_console(capsys):
+    train, valid = _cls_batches([5, 2], seed=10), _cls_batches([1, 4, 3], seed=11)
+    learn = Learner(AddBias(), DLs(train, valid), F.cross_entropy, lr=0.1, cbs=[TrainCB(), MetricsCB(), ProgressCB(bars=True)])
+    learn.fit(2)
+    out = capsys.readouterr().out
     assert 'Epoch 2/2' in out  # the master bar was shown
+    assert len(_table_rows(out)) == 5
 
 
 def test_progresscb_plot_true_records_losses_in_console(capsys):

@@ -4,10 +4,10 @@ The model is lesson 11's `get_model` (stride-2 convs, 8 to 64 channels) with Bat
 shifted `GeneralRelu` and Kaiming init, trained with AdamW and a one-cycle learning-rate schedule.
 Usage: python tools/train_baseline.py [--epochs 3] [--bs 1024] [--lr 0.02] [--seed 42]
 """
-import argparse, platform, time
+import argparse, time
 from functools import partial
 
-import torch, torch.nn.functional as F
+import torch.nn.functional as F
 from torch import nn, optim
 from torch.optim.lr_scheduler import OneCycleLR
 from torcheval.metrics import MulticlassAccuracy
@@ -15,6 +15,7 @@ from torcheval.metrics import MulticlassAccuracy
 from miniai.datasets import fashion_mnist_dls, find_fashion_mnist
 from miniai.learner import Callback, TrainLearner, MetricsCB, DeviceCB, ProgressCB
 from miniai.activations import set_seed
+from miniai.accel import machine_info
 from miniai.init import GeneralRelu, get_model, init_weights
 
 class OneCycleCB(Callback):
@@ -52,7 +53,6 @@ def main():
     secs = time.perf_counter() - start
     acc = metrics.history[-1]['accuracy']
     print(f'\ntest accuracy after {args.epochs} epochs: {acc:.2%} ({len(dls.valid.x):,} test images); '
-          f'wall time {secs:.1f}s ({secs/args.epochs:.1f}s/epoch) on {platform.processor() or platform.machine()}, '
-          f'{torch.get_num_threads()} threads')
+          f'wall time {secs:.1f}s ({secs/args.epochs:.1f}s/epoch) on {machine_info()}')
 
 if __name__ == '__main__': main()
