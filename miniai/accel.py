@@ -40,13 +40,13 @@ def machine_info() -> str:
 class MixedPrecisionCB(Callback):
     "Run forward and loss under `torch.autocast` in `dtype` (bf16 or fp16; fp16 with loss scaling)."
     order = 10  # after DeviceCB, so the model is already on its device
-    def __init__(self, dtype=None): self.dtype = dtype
+    def __init__(self, dtype=None):
+        if dtype not in (None, torch.bfloat16, torch.float16):
+            raise ValueError(f"MixedPrecisionCB: dtype must be torch.bfloat16, torch.float16 or None (choose for me), got {dtype}.")
+        self.dtype = dtype
 
     def _pick_dtype(self, device):
-        if self.dtype is not None:
-            if self.dtype not in (torch.bfloat16, torch.float16):
-                raise ValueError(f"MixedPrecisionCB: dtype must be torch.bfloat16 or torch.float16, got {self.dtype}.")
-            return self.dtype
+        if self.dtype is not None: return self.dtype
         if device == 'cuda': return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         if device == 'cpu' and cpu_has_fast_bf16(): return torch.bfloat16
         if device == 'cpu':
@@ -76,6 +76,14 @@ class MixedPrecisionCB(Callback):
         if self.scaler is not None and learn.training:
             self.loss = learn.loss
             learn.loss = self.scaler.scale(learn.loss)
+            self._set_aside_grads(learn)
+
+    def _set_aside_grads(self, learn):
+        "Gradients kept from earlier batches (`MomentumLearner`) are already unscaled: keep them out of this unscaling."
+        self.kept = []
+        for g in learn.opt.param_groups:
+            for p in g['params']:
+                if p.grad is not None: self.kept.append((p, p.grad)); p.grad = None
 
     def after_backward(self, learn):
         if self.scaler is None: return
@@ -85,6 +93,8 @@ class MixedPrecisionCB(Callback):
         if not all(torch.isfinite(g).all() for g in grads):
             learn.opt.zero_grad()
             raise CancelBatchException()  # an overflow: skip this step; the scaler lowers its factor below
+        for p, g in self.kept: p.grad = g if p.grad is None else p.grad.add_(g)
+        self.kept = []
 
     def cleanup_batch(self, learn):
         self._leave_autocast()  # in case the batch was cancelled or failed inside autocast

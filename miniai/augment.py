@@ -40,11 +40,12 @@ class _GrabBatch(Callback):
 @fc.delegates(show_images)
 def show_image_batch(self:Learner, max_n=9, cbs=None, **kwargs):
     "Show the first `max_n` inputs of a training batch as the model would see them, after `cbs` and the learner's callbacks."
-    grab = _GrabBatch()
-    self.fit(1, cbs=[grab] + fc.L(cbs), valid=False)
+    grab, was_training = _GrabBatch(), self.model.training
+    try: self.fit(1, cbs=[grab] + fc.L(cbs), valid=False, lr=0. if self.lr is None else None)  # no step is taken: any lr will do
+    finally: self.model.train(was_training)
     if not hasattr(grab, 'batch'): raise ValueError("show_image_batch: the training data loader yielded no batch.")
     xb, yb = grab.batch[0], grab.batch[1]
-    kwargs.setdefault('labels', yb[:max_n] if yb.ndim == 1 else None)
+    if kwargs.get('titles') is None: kwargs.setdefault('labels', yb[:max_n] if yb.ndim == 1 else None)
     show_images(to_cpu(xb[:max_n]), **kwargs)
 
 # %% ../nbs/14_augment.ipynb #9c90e512
@@ -89,7 +90,7 @@ class CapturePreds(Callback):
 def capture_preds(self:Learner, cbs=None, inps=False):
     "Predictions and targets (and inputs with `inps=True`) over `dls.valid`, in order, after `cbs`."
     cp = CapturePreds(inps=inps)
-    self.fit(1, train=False, cbs=[cp] + fc.L(cbs))
+    self.fit(1, train=False, cbs=[cp] + fc.L(cbs), lr=0. if self.lr is None else None)  # validation only: no step
     res = cp.all_preds, cp.all_targs
     return res + (cp.all_inps,) if inps else res
 

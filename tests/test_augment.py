@@ -225,8 +225,6 @@ def test_show_image_batch_passes_kwargs():
     assert tuple(fig.get_size_inches()) == (6., 1.)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: show_image_batch always sets labels=yb, and show_images lets labels win over "
-                   "titles, so titles the caller passes are replaced by class names")
 def test_show_image_batch_own_titles():
     (x, y), = img_batches([4])
     learn = TrainLearner(tiny_cnn(), DLs([(x, y)]), F.cross_entropy, lr=0.1)
@@ -234,9 +232,6 @@ def test_show_image_batch_own_titles():
     assert [ax.get_title() for ax in image_axes()] == ['a', 'b', 'c']
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: show_image_batch and capture_preds run `fit`, which needs a learning rate to "
-                   "build an optimizer, so they fail on a learner built without lr (MomentumLearner's default) though no "
-                   "step is ever taken")
 @pytest.mark.parametrize('what', ['show', 'capture'])
 def test_no_lr_needed_to_look(what):
     batches = img_batches([4])
