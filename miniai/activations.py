@@ -87,10 +87,10 @@ def append_stats(hook, mod, inp, outp):
     acts = to_cpu(outp).float()
     hook.stats[0].append(acts.mean().item())
     hook.stats[1].append(acts.std().item())
-    hook.stats[2].append(acts.abs().histc(40, 0, 10))
+    hook.stats[2].append(acts.abs().histc(40, 0, 10).tolist())  # a list, not a tensor: see above
 
 # %% ../nbs/10_activations.ipynb #e19d0cfb
-def _hists(h): return torch.stack(h.stats[2]).t().float()
+def _hists(h): return torch.tensor(h.stats[2]).t().float()
 
 def get_hist(h):
     "The hook's histograms as a `(40, n_batches)` image of log-counts."

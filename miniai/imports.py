@@ -36,3 +36,6 @@ from .accel import *
 from .sgd import *
 from .resnet import *
 from .augment import *
+
+# %% ../nbs/99_imports.ipynb #ac7387c4
+__all__ = [n for n in dir() if not n.startswith('_')]

@@ -82,7 +82,8 @@ class ModelSummary:
 def summary(self:Learner, xb=None):
     "Shapes, parameter counts and MFLOPS of each of the model's top-level layers, from one batch of `dls.valid` (or `xb`)."
     model = self.model
-    if xb is None: xb = next(iter(self.dls.valid))[:getattr(self, 'n_inp', 1)]
+    n_inp = next((cb.n_inp for cb in self.cbs if isinstance(cb, TrainCB)), getattr(self, 'n_inp', 1))
+    if xb is None: xb = next(iter(self.dls.valid))[:n_inp]
     p = next(iter(model.parameters()), None)
     xb = to_device(tuple(fc.tuplify(xb)), p.device if p is not None else 'cpu')
     rows = []
@@ -90,11 +91,12 @@ def summary(self:Learner, xb=None):
         out = _shape(outp)
         rows.append((type(mod).__name__, _shape(inp), out, sum(o.numel() for o in mod.parameters()),
                      sum(_flops(o, out) for o in mod.parameters()) / 1e6))
-    was_training = model.training
+    modes = [(m, m.training) for m in model.modules()]  # each module's own mode: some may be frozen in eval
     try:
         model.eval()
         with Hooks(list(model.children()) or [model], _record), torch.no_grad(): model(*xb)
-    finally: model.train(was_training)
+    finally:
+        for m, training in modes: m.training = training
     return ModelSummary(rows)
 
 # %% ../nbs/13_resnet.ipynb #28517cc5

@@ -219,8 +219,6 @@ def test_summary_no_side_effects(dls, train):
     assert model[0]._forward_hooks == {} and all(not m._forward_hooks for m in model.modules())  # hooks removed
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: summary restores only the top-level mode with model.train(was_training), "
-                   "so a submodule deliberately kept in eval mode (frozen BatchNorm) comes back in train mode")
 def test_summary_restores_mixed_modes():
     model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.Flatten())
     model.train()
@@ -268,8 +266,6 @@ def test_summary_conv1d_model_with_xb():
     assert s.params == 151
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: summary takes n_inp from the learner, which TrainCB only sets during a fit, "
-                   "so a two-input model trained with TrainCB(n_inp=2) gets only its first input")
 def test_summary_uses_traincb_n_inp():
     class Two(nn.Module):
         def __init__(self): super().__init__(); self.lin = nn.Linear(3, 2)
