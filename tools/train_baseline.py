@@ -2,7 +2,7 @@
 
 The model is lesson 11's `get_model` (stride-2 convs, 8 to 64 channels) with BatchNorm, a leaky,
 shifted `GeneralRelu` and Kaiming init, trained with AdamW and a one-cycle learning-rate schedule.
-Usage: python tools/train_baseline.py [--epochs 3] [--bs 1024] [--lr 0.02] [--seed 42]
+Usage: python tools/train_baseline.py [--epochs 3] [--bs 1024] [--lr 0.06] [--seed 42]
 """
 import argparse, time
 from functools import partial
@@ -36,7 +36,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('--epochs', type=positive(int), default=3)
     p.add_argument('--bs', type=positive(int), default=1024)
-    p.add_argument('--lr', type=positive(float), default=2e-2)
+    p.add_argument('--lr', type=positive(float), default=6e-2)
     p.add_argument('--seed', type=int, default=42)
     args = p.parse_args()
 
