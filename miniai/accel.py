@@ -47,7 +47,7 @@ class MixedPrecisionCB(Callback):
 
     def _pick_dtype(self, device):
         if self.dtype is not None: return self.dtype
-        if device == 'cuda': return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        if device == 'cuda': return torch.bfloat16 if torch.cuda.get_device_capability()[0] >= 8 else torch.float16  # native bf16: Ampere on
         if device == 'cpu' and cpu_has_fast_bf16(): return torch.bfloat16
         if device == 'cpu':
             warnings.warn("MixedPrecisionCB: this CPU has no native bfloat16 instructions, so mixed precision would be "

@@ -4,9 +4,6 @@
 
 # %% ../nbs/14_augment.ipynb #316833b5
 from __future__ import annotations
-import random
-from functools import partial
-
 import fastcore.all as fc
 import torch
 import torch.nn.functional as F
@@ -24,8 +21,8 @@ __all__ = ['tfm_batch', 'show_image_batch', 'batch_crop_flip', 'CropFlip', 'Capt
 
 # %% ../nbs/14_augment.ipynb #352918a0
 def tfm_batch(b, tfm_x=fc.noop, tfm_y=fc.noop):
-    "Apply `tfm_x` to a batch's inputs and `tfm_y` to its targets."
-    return tfm_x(b[0]), tfm_y(b[1])
+    "Apply `tfm_x` to a batch's inputs and `tfm_y` to its targets (any further items pass through)."
+    return (tfm_x(b[0]), tfm_y(b[1]), *b[2:])
 
 # %% ../nbs/14_augment.ipynb #38caf4f5
 class _GrabBatch(Callback):
@@ -81,7 +78,7 @@ class CapturePreds(Callback):
         self.all_preds.append(to_cpu(learn.preds))
         self.all_targs.append(to_cpu(learn.batch[n]))
         if self.inps: self.all_inps.append(to_cpu(learn.batch[0]))
-    def after_fit(self, learn):
+    def cleanup_fit(self, learn):  # also when a callback cancelled the fit: still return tensors
         cat = lambda o: torch.cat(o) if o else None
         self.all_preds, self.all_targs, self.all_inps = cat(self.all_preds), cat(self.all_targs), cat(self.all_inps)
 
@@ -110,6 +107,7 @@ def _n_patches(min_num, max_num):
 def rand_erase(x, pct=0.2, max_num=4, min_num=0):
     "Erase `min_num` to `max_num` random patches (each `pct` of height and width) with noise of the batch's mean and std, clamped to its range."
     if not 0 <= pct <= 1: raise ValueError(f"rand_erase: pct is a fraction of the image size, between 0 and 1; got {pct}.")
+    if not x.is_floating_point(): raise TypeError(f"rand_erase needs a float batch (normalise it first), got {x.dtype}.")
     xm, xs, mn, mx = x.mean(), x.std(), x.min(), x.max()
     for _ in range(_n_patches(min_num, max_num)):
         rs, cs = _rand_patch(x.shape[-2], x.shape[-1], pct)

@@ -117,7 +117,8 @@ def _explicit_dir(folder, what):
 # %% ../nbs/05_datasets.ipynb #6cb74f1f
 def find_fashion_mnist(path=None, download=True):
     "Return `(files, source)`: the IDX files of the first place that has Fashion-MNIST, and a description of it."
-    if quick_mode() and path is None: return idx_files(sample_dir()), f'shipped sample ({sample_dir()}), MINIAI_QUICK is set'
+    if quick_mode() and path is None:
+        return _explicit_dir(sample_dir(), 'The shipped sample folder (used because MINIAI_QUICK is set)'), f'shipped sample ({sample_dir()}), MINIAI_QUICK is set'
     if path is not None: return _explicit_dir(path, 'The path you passed'), f'path argument ({path})'
     if os.environ.get('MINIAI_DATA'):
         env = os.environ['MINIAI_DATA']
@@ -274,9 +275,6 @@ class TensorLoader:
             b = idx[i*self.bs:(i+1)*self.bs]
             yield self.normalise(self.x[b]), self.y[b]
 
-    @property
-    def dataset(self): return torch.utils.data.TensorDataset(self.x, self.y)
-
 # %% ../nbs/05_datasets.ipynb #c59bcfbb
 def fashion_mnist_dls(bs=1024, path=None, valid_bs=None, shuffle=True, drop_last=False, mean=XMEAN, std=XSTD):
     "`DataLoaders` over Fashion-MNIST's train and test splits through the fast tensor path."
@@ -328,7 +326,10 @@ def get_grid(n, nrows=None, ncols=None, title=None, weight='bold', size=14, **kw
 def show_images(ims, nrows=None, ncols=None, titles=None, labels=None, **kwargs):
     "Show `ims` on a grid; `labels` (class indices) become class-name titles."
     ims = list(ims)
-    if labels is not None: titles = [CLASS_NAMES[int(l)] for l in labels]
+    if labels is not None:
+        if any(not 0 <= int(l) < len(CLASS_NAMES) for l in labels):
+            raise ValueError(f"show_images: labels must be Fashion-MNIST class indices 0 to 9; for other data pass titles= instead.")
+        titles = [CLASS_NAMES[int(l)] for l in labels]
     if titles is not None and len(titles) < len(ims): raise ValueError(f"Got {len(ims)} images but only {len(titles)} titles.")
     axs = get_grid(len(ims), nrows, ncols, **kwargs)[1].flat
     for im, t, ax in zip(ims, titles or [None]*len(ims), axs): show_image(im, ax=ax, title=t)

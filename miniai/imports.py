@@ -6,10 +6,10 @@
 __all__ = []
 
 # %% ../nbs/99_imports.ipynb #68835668
-import math, random, copy, gc, os, sys, time, pickle, gzip, warnings
+import math, random, gc, os, sys, time, pickle, gzip, warnings
 from collections.abc import Mapping
 from contextlib import contextmanager
-from copy import copy as shallow_copy
+from copy import copy, deepcopy  # the lesson calls `copy(...)`
 from functools import partial
 from itertools import zip_longest
 from operator import attrgetter, itemgetter
@@ -24,6 +24,8 @@ from torch import nn, optim, tensor
 from torch.optim import lr_scheduler
 from torch.utils.data import DataLoader, default_collate
 import torchvision.transforms as T, torchvision.transforms.functional as TF
+from torchvision import transforms
+from torch.nn import init
 warnings.filterwarnings('ignore', message='`torch.jit.script` is deprecated', category=FutureWarning)  # raised by torcheval's import
 from torcheval.metrics import MulticlassAccuracy, Mean
 from datasets import load_dataset, load_dataset_builder

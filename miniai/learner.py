@@ -12,7 +12,7 @@ import fastcore.all as fc
 import matplotlib.pyplot as plt
 import torch
 import torch.nn.functional as F
-from torch import nn, optim
+from torch import optim
 from torch.optim.lr_scheduler import ExponentialLR
 
 import warnings
@@ -106,6 +106,8 @@ class Learner:
 
     @with_cbs('batch')
     def _one_batch(self):
+        if self.missing_steps:
+            raise TypeError(f"Nothing implements {', '.join(self.missing_steps)}: add TrainCB() to the callbacks, or use TrainLearner.")
         self.predict()
         self.callback('after_predict')
         self.get_loss()
@@ -134,10 +136,12 @@ class Learner:
 
     def fit(self, n_epochs=1, train=True, valid=True, cbs=None, lr=None):
         "Train for `n_epochs` (validating after each); `cbs` join for this fit only, `lr` overrides `self.lr` for it."
-        cbs = fc.L(cbs)
+        cbs = [cb for cb in fc.L(cbs) if cb not in self.cbs]  # a callback the learner already has must not run twice
         self.cbs += cbs
         try:
             self.n_epochs = n_epochs
+            self.missing_steps = [s for s in (_train_steps if train else _train_steps[:2])
+                                  if not hasattr(type(self), s) and not any(hasattr(cb, s) for cb in self.cbs)]
             self.epochs = range(n_epochs)
             lr = self.lr if lr is None else lr
             if self.opt_func:
@@ -194,8 +198,7 @@ class MetricsCB(Callback):
         for m in self.all_metrics.values(): m.reset()
 
     def after_batch(self, learn):
-        n_inp = getattr(learn, 'n_inp', 1)
-        x, y = learn.batch[0], learn.batch[n_inp]
+        x, y = learn.batch[0], learn.batch[learn.n_inp]
         preds = to_cpu(learn.preds)
         for m in self.metrics.values(): m.update(preds, to_cpu(y))
         self.loss.update(to_cpu(learn.loss), weight=len(x))
@@ -227,7 +230,8 @@ class ProgressCB(Callback):
         self.show_bars = self.bars if self.bars is not None else fc.IN_NOTEBOOK or sys.stdout.isatty()
         if self.show_bars: learn.epochs = self.mbar = master_bar(learn.epochs)
         self.first = True
-        if hasattr(learn, 'metrics'): learn.metrics._log = self._log
+        self.metrics = next((cb for cb in learn.cbs if isinstance(cb, MetricsCB)), None)
+        if self.metrics is not None: self.metrics._log = self._log
         self.losses, self.val_losses = [], []
         self.drawn = -math.inf
 
@@ -248,9 +252,12 @@ class ProgressCB(Callback):
             if time.monotonic() - self.drawn > self.every: self._update_graph(learn)
 
     def after_epoch(self, learn):
-        if self.plot and not learn.training and hasattr(learn, 'metrics'):
-            self.val_losses.append(learn.metrics.loss.compute().item())
+        if self.plot and not learn.training and self.metrics is not None:
+            self.val_losses.append(self.metrics.loss.compute().item())
             self._update_graph(learn)
+
+    def cleanup_fit(self, learn):
+        if self.metrics is not None: self.metrics.__dict__.pop('_log', None)  # MetricsCB prints for itself again
 
     def _update_graph(self, learn):
         self.drawn = time.monotonic()
@@ -284,7 +291,9 @@ class MomentumLearner(TrainLearner):
 # %% ../nbs/09_learner.ipynb #fe8b9239
 class LRFinderCB(Callback):
     "Multiply the LR by `gamma` after each training batch, recording losses; stop when the loss passes `max_mult` times its minimum."
-    def __init__(self, gamma=1.3, max_mult=3): fc.store_attr()
+    def __init__(self, gamma=1.3, max_mult=3):
+        fc.store_attr()
+        self.lrs, self.losses, self.exploded = [], [], False
 
     def before_fit(self, learn):
         self.sched = ExponentialLR(learn.opt, self.gamma)
@@ -320,7 +329,8 @@ class LRFinderCB(Callback):
         if (s := self.suggestion()) is not None: ax.axvline(s, color='C1', ls='--', label=f'suggestion {s:.2g}'); ax.legend()
         return ax
 
-    def cleanup_fit(self, learn): self.plot()
+    def cleanup_fit(self, learn):
+        if self.lrs: self.plot()  # nothing to plot if the fit failed before the first batch
 
 # %% ../nbs/09_learner.ipynb #b0c42896
 class LRFindResult(fc.GetAttr):
@@ -338,5 +348,7 @@ def lr_find(self:Learner, gamma=1.3, max_mult=3, start_lr=1e-5, max_epochs=10):
     state = copy.deepcopy(self.model.state_dict())
     finder = LRFinderCB(gamma=gamma, max_mult=max_mult)
     try: self.fit(max_epochs, lr=start_lr, valid=False, cbs=finder)
-    finally: self.model.load_state_dict(state)
+    finally:
+        self.model.load_state_dict(state)
+        for p in self.model.parameters(): p.grad = None  # MomentumLearner keeps gradients between batches: drop the search's
     return LRFindResult(finder)

@@ -263,6 +263,7 @@ class OneCycleSched(Sched):
 # %% ../nbs/12_accel_sgd.ipynb #eb018eca
 class AutoAnnealCB(Callback):
     "Divide the LR by `div` when the mean squared gradient norm of `every` batches falls to `ratio` times the lowest seen."
+    order = 11  # after MixedPrecisionCB has unscaled fp16 gradients
     def __init__(self, div=4., ratio=0.5, every=None): fc.store_attr()
 
     def before_fit(self, learn):

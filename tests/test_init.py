@@ -79,6 +79,7 @@ def test_init_weights_kaiming_std(make, fan_in, leaky):
     assert m.weight.std().item() == pytest.approx(kaiming_std(fan_in, leaky), rel=0.02)
     assert m.weight.mean().item() == pytest.approx(0., abs=0.01*kaiming_std(fan_in))
     assert m.weight.std().item() > 1.5*before  # PyTorch's default init is much smaller: it really changed
+    assert m.weight.abs().max().item() > 3.5*m.weight.std().item()  # normal, not uniform (whose max is 1.73 std)
 
 
 def test_init_weights_leaky_scales_by_exactly_sqrt_1_over_1_plus_leak_squared():
@@ -275,6 +276,13 @@ def test_lsuv_init_with_plain_relu_raises_instead_of_looping_forever(max_iter):
     assert all(not m._forward_hooks for m in model.modules())
 
 
+def test_lsuv_init_with_a_constant_output_raises_at_once():
+    model = mlp(nn.ReLU())
+    with torch.no_grad(): model[0].weight.zero_(); model[0].bias.fill_(-1.)  # every unit dead: output all zeros
+    with pytest.raises(RuntimeError, match='std 0'): lsuv_init(model, model[1], model[0], torch.randn(8, 20))
+    assert all(not m._forward_hooks for m in model.modules())
+
+
 @pytest.mark.xfail(strict=True, reason="lsuv_init gives AttributeError \"'Hook' object has no attribute 'mean'\" when "
                                        "model(xb) never calls `m`")
 def test_lsuv_init_with_a_module_the_model_never_calls_raises_a_clear_error():
@@ -313,6 +321,16 @@ def test_clean_mem_frees_a_tensor_held_only_by_the_last_traceback(keep_sys_last)
     clean_mem()
     assert refs[0]() is None  # ...until clean_mem lets go
     assert not hasattr(sys, 'last_traceback') and not hasattr(sys, 'last_value')
+
+
+def test_clean_mem_clears_the_last_tracebacks_frames_even_if_the_traceback_is_kept_elsewhere(keep_sys_last):
+    refs, kept = [], []
+    try: _fail(refs)
+    except ValueError as e:
+        sys.last_type, sys.last_value, sys.last_traceback = type(e), e, e.__traceback__
+        kept.append(e.__traceback__)
+    clean_mem()
+    assert refs[0]() is None and kept[0].tb_next.tb_frame.f_locals == {}
 
 
 def test_clean_mem_runs_without_ipython(monkeypatch, keep_sys_last):

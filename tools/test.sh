@@ -44,6 +44,10 @@ else
   echo 'not a git checkout: skipping the git part of the sync check' >&2
 fi
 
+echo '=== README.md is generated from nbs/index.ipynb'
+python tools/make_readme.py --check
+echo 'up to date'
+
 echo '=== 2/3 pytest'
 python -m pytest -q tests
 
