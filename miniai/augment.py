@@ -4,6 +4,8 @@
 
 # %% ../nbs/14_augment.ipynb #316833b5
 from __future__ import annotations
+from functools import partial
+
 import fastcore.all as fc
 import torch
 import torch.nn.functional as F

@@ -116,6 +116,7 @@ def lsuv_init(model, m, m_in, xb, tol=1e-3, max_iter=50):
         with torch.no_grad():
             for i in range(max_iter + 1):
                 model(xb)
+                if not hasattr(h, 'mean'): raise ValueError(f'LSUV: model(xb) never called {m}; hook a module that is part of `model`.')
                 if abs(h.mean) <= tol and abs(h.std - 1) <= tol: return h.mean, h.std
                 if i < max_iter: _lsuv_step(m_in, h.mean, h.std)
     finally: h.remove()

@@ -83,11 +83,10 @@ def test_set_seed_repeats_torch_random_and_numpy_draws():
 @pytest.fixture
 def restore_determinism(monkeypatch):
     monkeypatch.delenv('CUBLAS_WORKSPACE_CONFIG', raising=False)  # restored (absent or not) after the test
-    old = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
+    old = torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark
     yield
-    torch.use_deterministic_algorithms(old[0])
-    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = old[1:]
     torch.use_deterministic_algorithms(False)
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = old
 
 
 def test_set_seed_deterministic_flag_switches_on_and_off(restore_determinism):

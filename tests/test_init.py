@@ -283,8 +283,6 @@ def test_lsuv_init_with_a_constant_output_raises_at_once():
     assert all(not m._forward_hooks for m in model.modules())
 
 
-@pytest.mark.xfail(strict=True, reason="lsuv_init gives AttributeError \"'Hook' object has no attribute 'mean'\" when "
-                                       "model(xb) never calls `m`")
 def test_lsuv_init_with_a_module_the_model_never_calls_raises_a_clear_error():
     model = mlp(GeneralRelu(sub=0.4))
     stray = GeneralRelu(sub=0.4)
