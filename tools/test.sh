@@ -3,7 +3,9 @@
 #  1. nbdev_export, then fail if that changed the library, or if miniai/ has changes git doesn't have (new or
 #     modified, unstaged files): notebooks, miniai/ and git must agree (MINIAI_ALLOW_DIRTY=1: warn only);
 #  2. the pytest suite in tests/ (which always runs on the small sample shipped with miniai);
-#  3. every notebook, in quick mode (MINIAI_QUICK=1: the shipped sample instead of the full data).
+#  3. every notebook, in quick mode (MINIAI_QUICK=1: the shipped sample instead of the full data);
+#  4. the documentation site: nbdev_docs builds _docs/ with Quarto and tools/docs_check.py checks it in headless
+#     Chromium. Runs only where both `quarto` and `chromium` are installed, and MINIAI_DOCS is not 0.
 # Exits non-zero as soon as any step fails.
 set -euo pipefail
 
@@ -14,7 +16,7 @@ if [[ -f .venv/bin/activate ]]; then
 fi
 export MPLBACKEND=Agg
 
-echo '=== 1/3 nbdev_export: are the notebooks and miniai/ in sync?'
+echo '=== 1/4 nbdev_export: are the notebooks and miniai/ in sync?'
 snapshot() { find miniai -type f ! -path '*/__pycache__/*' -print0 | sort -z | xargs -0 sha1sum; }
 before=$(snapshot)
 nbdev_export
@@ -48,14 +50,23 @@ echo '=== README.md is generated from nbs/index.ipynb'
 python tools/make_readme.py --check
 echo 'up to date'
 
-echo '=== 2/3 pytest'
+echo '=== 2/4 pytest'
 python -m pytest -q tests
 
-echo '=== 3/3 nbdev_test, MINIAI_QUICK=1'
+echo '=== 3/4 nbdev_test, MINIAI_QUICK=1'
 timing=()
 if nbdev_test --help 2>/dev/null | grep -q -- '--timing'; then timing=(--timing); fi
 # Two notebooks at a time, one PyTorch thread each: two processes with two threads each on a 2-core machine
 # oversubscribe it, and PyTorch's threads then spend most of their time waiting for each other (10x slower here).
 MINIAI_QUICK=1 OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" nbdev_test --n_workers 2 "${timing[@]}"
+
+echo '=== 4/4 docs: nbdev_docs + headless Chromium (tools/docs_check.py)'
+if [[ "${MINIAI_DOCS:-1}" == 0 ]]; then
+  echo 'skipped: MINIAI_DOCS=0'
+elif ! command -v quarto >/dev/null 2>&1 || ! command -v chromium >/dev/null 2>&1; then
+  echo "skipped: needs both quarto ($(command -v quarto || echo 'not found')) and chromium ($(command -v chromium || echo 'not found'))"
+else
+  OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" python tools/docs_check.py
+fi
 
 echo 'all tests passed'
