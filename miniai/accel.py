@@ -59,6 +59,7 @@ class MixedPrecisionCB(Callback):
         self.device = _model_device(learn.model)
         self.active_dtype = self._pick_dtype(self.device)
         self.scaler = torch.amp.GradScaler(self.device) if self.active_dtype == torch.float16 else None
+        self.handles_divergence = self.scaler is not None  # an inf loss is the scaler's signal to skip a step, not an error
         self.autocast = None
 
     def before_batch(self, learn):

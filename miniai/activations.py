@@ -18,7 +18,7 @@ from .datasets import *
 from .learner import *
 
 # %% auto #0
-__all__ = ['set_seed', 'Hook', 'Hooks', 'HooksCallback', 'append_stats', 'get_hist', 'get_min', 'ActivationStats']
+__all__ = ['MAX_RECORDS', 'set_seed', 'Hook', 'Hooks', 'HooksCallback', 'append_stats', 'get_hist', 'get_min', 'ActivationStats']
 
 # %% ../nbs/10_activations.ipynb #c4cb0dba
 def set_seed(seed, deterministic=False):
@@ -81,13 +81,20 @@ class HooksCallback(Callback):
     def __len__(self): return len(self.hooks)
 
 # %% ../nbs/10_activations.ipynb #7d4815b2
+MAX_RECORDS = 4096
+
 def append_stats(hook, mod, inp, outp):
     "Hook function: append the mean, std and a 40-bin histogram (|x| in 0..10) of `outp` to `hook.stats`."
-    if not hasattr(hook, 'stats'): hook.stats = ([], [], [])
+    if not hasattr(hook, 'stats'): hook.stats, hook.calls, hook.every = ([], [], []), 0, 1
+    hook.calls += 1
+    if (hook.calls - 1) % hook.every: return  # after thinning (below), only every `every`-th batch is recorded
     acts = to_cpu(outp).float()
     hook.stats[0].append(acts.mean().item())
     hook.stats[1].append(acts.std().item())
     hook.stats[2].append(acts.abs().histc(40, 0, 10).tolist())  # a list, not a tensor: see above
+    if len(hook.stats[0]) >= MAX_RECORDS:  # a very long run: keep every other record, and record half as often
+        for s in hook.stats: del s[1::2]
+        hook.every *= 2
 
 # %% ../nbs/10_activations.ipynb #e19d0cfb
 def _hists(h): return torch.tensor(h.stats[2]).t().float()

@@ -4,7 +4,7 @@
 
 # %% ../nbs/09_learner.ipynb #79a56a83
 from __future__ import annotations
-import copy, math, time
+import copy, inspect, math, numbers, time
 from functools import partial, wraps
 from operator import attrgetter
 
@@ -12,7 +12,7 @@ import fastcore.all as fc
 import matplotlib.pyplot as plt
 import torch
 import torch.nn.functional as F
-from torch import optim
+from torch import nn, optim
 from torch.optim.lr_scheduler import ExponentialLR
 
 import warnings
@@ -24,8 +24,9 @@ from .datasets import *
 
 # %% auto #0
 __all__ = ['def_device', 'to_device', 'to_cpu', 'Callback', 'run_cbs', 'CancelFitException', 'CancelEpochException',
-           'CancelBatchException', 'with_cbs', 'Learner', 'TrainCB', 'SingleBatchCB', 'MetricsCB', 'DeviceCB',
-           'ProgressCB', 'TrainLearner', 'MomentumLearner', 'LRFinderCB', 'LRFindResult', 'lr_find']
+           'CancelBatchException', 'DivergedError', 'BatchError', 'with_cbs', 'Learner', 'TrainCB', 'SingleBatchCB',
+           'MetricsCB', 'DeviceCB', 'ProgressCB', 'TrainLearner', 'MomentumLearner', 'LRFinderCB', 'LRFindResult',
+           'lr_find']
 
 # %% ../nbs/09_learner.ipynb #a20a91c6
 def _best_device():
@@ -62,11 +63,21 @@ class Callback:
     order = 0
 
 # %% ../nbs/09_learner.ipynb #b99ae14c
+def _takes_no_args(f):
+    try: return len(inspect.signature(f).parameters) == 0
+    except (TypeError, ValueError): return False
+
 def run_cbs(cbs, method_nm, learn=None):
     "Call `method_nm(learn)` on each callback in `cbs` that has it, sorted by `order` (stable)."
     for cb in sorted(cbs, key=attrgetter('order')):
         method = getattr(cb, method_nm, None)
-        if method is not None: method(learn)
+        if method is None: continue
+        try: method(learn)
+        except TypeError as e:
+            if not _takes_no_args(method): raise
+            raise TypeError(f"{type(cb).__name__}.{method_nm} takes no arguments, but callbacks receive the learner: define it as "
+                            f"`def {method_nm}(self, learn)` and use `learn` where it used `self.learn` (or subclass "
+                            "`HasLearnCB` from miniai.sgd, which keeps `self.learn` during a fit).") from e
 
 # %% ../nbs/09_learner.ipynb #6e5ba0c8
 class CancelFitException(Exception):
@@ -75,6 +86,11 @@ class CancelEpochException(Exception):
     "Raise in a callback to end the current epoch (skips `after_epoch`, runs `cleanup_epoch`)."
 class CancelBatchException(Exception):
     "Raise in a callback to skip the rest of the current batch (skips `after_batch`, runs `cleanup_batch`)."
+
+class DivergedError(RuntimeError):
+    "The training loss became NaN or infinite: the run diverged."
+class BatchError(RuntimeError):
+    "A batch could not go through the model or the loss function; the message says which batch, what it held and where it failed."
 
 _cancels = {'fit': CancelFitException, 'epoch': CancelEpochException, 'batch': CancelBatchException}
 
@@ -96,6 +112,95 @@ class with_cbs:
 
 # %% ../nbs/09_learner.ipynb #7a041577
 _train_steps = ('predict', 'get_loss', 'backward', 'step', 'zero_grad')
+_fit_attrs = ('dl', 'batch', 'preds', 'loss', 'epoch', 'iter', 'n_epochs', 'epochs')
+
+def _check_epochs(n_epochs, start_epoch):
+    if isinstance(n_epochs, bool) or not isinstance(n_epochs, numbers.Integral) or n_epochs < 1:
+        raise ValueError(f"fit needs a positive whole number of epochs, got {n_epochs!r}: e.g. `learn.fit(3)`.")
+    if isinstance(start_epoch, bool) or not isinstance(start_epoch, numbers.Integral) or not 0 <= start_epoch < n_epochs:
+        raise ValueError(f"start_epoch must be a whole number from 0 to n_epochs-1 ({n_epochs - 1}), got {start_epoch!r}.")
+
+def _check_lr(lr):
+    if isinstance(lr, torch.Tensor) and lr.numel() == 1: lr = lr.item()
+    if isinstance(lr, bool) or not isinstance(lr, numbers.Real):
+        raise TypeError(f"The learning rate must be a number, got {lr!r} ({type(lr).__name__}): e.g. `lr=0.01`.")
+    if not math.isfinite(lr) or lr < 0:
+        raise ValueError(f"The learning rate must be a finite number >= 0, got {lr}: a negative one would climb the loss. "
+                         "Try `learn.lr_find()` to choose one.")
+
+def _empty_msg(nm):
+    return (f"The {'training' if nm == 'train' else 'validation'} data loader (dls.{nm}) yielded no batch: is its dataset "
+            "empty, or the batch size larger than the dataset with drop_last=True?" +
+            (" Pass valid=False to fit without validation." if nm == 'valid' else ""))
+
+def _desc(x):
+    "Short description of a batch item: shapes and dtypes of the tensors in it."
+    if isinstance(x, torch.Tensor): return f"tensor {tuple(x.shape)} {str(x.dtype).replace('torch.', '')}"
+    if isinstance(x, (list, tuple)): return '(' + ', '.join(map(_desc, x)) + ')'
+    if isinstance(x, dict): return '{' + ', '.join(f'{k!r}: {_desc(v)}' for k, v in x.items()) + '}'
+    return type(x).__name__
+
+def _where(learn):
+    phase = 'training' if learn.training else 'validation'
+    return f"{phase} batch {learn.iter} of epoch {learn.epoch}"
+
+def _inputs(learn):
+    b = learn.batch
+    return tuple(b[:learn.n_inp]) if isinstance(b, (list, tuple)) else (b,)
+
+def _failing_module(model, inps):
+    "Run `model` on `inps` again (eval mode, no grad: nothing changes) to find the innermost module whose forward fails."
+    if not isinstance(model, nn.Module): return None
+    names, stack = {id(m): n for n, m in model.named_modules()}, []
+    def enter(m, i): stack.append((m, i))
+    def leave(m, i, o): stack.pop()  # returns None: a hook's return value would replace the module's output
+    hooks = [h for m in model.modules() for h in (m.register_forward_pre_hook(enter), m.register_forward_hook(leave))]
+    mode = model.training
+    try:
+        model.eval()
+        with torch.no_grad(): model(*inps)
+    except Exception:
+        if stack: m, i = stack[-1]; return names.get(id(m), '?'), m, i
+    finally:
+        for h in hooks: h.remove()
+        model.train(mode)
+    return None
+
+def _model_error(learn, e):
+    msg = f"The model failed on {_where(learn)}, given {_desc(_inputs(learn))}"
+    try: found = _failing_module(learn.model, _inputs(learn))
+    except Exception: found = None
+    if found is not None:
+        name, m, i = found
+        layer = f"layer `{name}`" if name else "the model's own forward"
+        mod = repr(m) if name else type(m).__name__
+        msg += f"; it failed in {layer}: {mod.splitlines()[0]}, whose input was {_desc(i)}"
+    return (msg + f".\n{type(e).__name__}: {e}\nCheck that the batch has the shape and dtype the model expects "
+            "(images as float tensors (batch, channels, height, width)), and that each layer's input size matches the "
+            "previous layer's output.")
+
+def _loss_error(learn, e):
+    b = learn.batch
+    targs = tuple(b[learn.n_inp:]) if isinstance(b, (list, tuple)) else ()
+    msg = f"The loss function failed on {_where(learn)}: predictions {_desc(learn.preds)}, targets {_desc(targs)}"
+    hint = "Check that the loss function suits the model's output and the targets"
+    y, p = (targs[0] if targs else None), learn.preds
+    if isinstance(y, torch.Tensor) and isinstance(p, torch.Tensor) and y.numel() and not y.is_floating_point() and p.ndim >= 2:
+        lo, hi, nc = y.min().item(), y.max().item(), p.shape[1]
+        msg += f" with values {lo} to {hi}"
+        if lo < 0 or hi >= nc:
+            hint = (f"The labels must be class indices from 0 to {nc - 1} for a model with {nc} outputs: fix the labels, "
+                    f"or give the model's last layer {hi + 1} outputs")
+    return msg + f".\n{type(e).__name__}: {e}\n{hint}."
+
+def _check_finite(learn):
+    loss = learn.loss
+    if not isinstance(loss, torch.Tensor) or loss.is_meta or loss.numel() != 1 or torch.isfinite(loss.detach()).item(): return
+    lr = getattr(getattr(learn, 'opt', None), 'param_groups', [{}])[0].get('lr')
+    raise DivergedError(f"The training loss is {loss.item()} at epoch {learn.epoch}, batch {learn.iter}"
+                        + (f" (learning rate {lr:.3g})" if isinstance(lr, numbers.Real) else "") +
+                        ": the run diverged. Try a lower learning rate (`learn.lr_find()` suggests one), and check the "
+                        "data for NaNs. The weights may now hold NaNs too: re-create the model or load a checkpoint.")
 
 class Learner:
     "Train `model` on `dls` with `loss_func`, letting callbacks `cbs` act at every stage."
@@ -108,11 +213,18 @@ class Learner:
     def _one_batch(self):
         if self.missing_steps:
             raise TypeError(f"Nothing implements {', '.join(self.missing_steps)}: add TrainCB() to the callbacks, or use TrainLearner.")
-        self.predict()
+        try: self.predict()
+        except (RuntimeError, IndexError) as e:
+            if isinstance(e, (DivergedError, BatchError)): raise
+            raise BatchError(_model_error(self, e)) from e
         self.callback('after_predict')
-        self.get_loss()
+        try: self.get_loss()
+        except (RuntimeError, IndexError) as e:
+            if isinstance(e, (DivergedError, BatchError)): raise
+            raise BatchError(_loss_error(self, e)) from e
         self.callback('after_loss')
         if self.training:
+            if self.check_finite: _check_finite(self)
             self.backward()
             self.callback('after_backward')
             self.step()
@@ -121,7 +233,11 @@ class Learner:
 
     @with_cbs('epoch')
     def _one_epoch(self):
-        for self.iter, self.batch in enumerate(self.dl): self._one_batch()
+        n = 0
+        for self.iter, self.batch in enumerate(self.dl):
+            n += 1
+            self._one_batch()
+        if n == 0: raise ValueError(_empty_msg('train' if self.training else 'valid'))
 
     def one_epoch(self, training):
         self.model.train(training)
@@ -130,29 +246,47 @@ class Learner:
 
     @with_cbs('fit')
     def _fit(self, train, valid):
+        # after `before_fit`, so a callback can decide there that it deals with non-finite losses itself
+        self.check_finite = not any(getattr(cb, 'handles_divergence', False) for cb in self.cbs)
         for self.epoch in self.epochs:
             if train: self.one_epoch(True)
             if valid: self.one_epoch(False)
 
-    def fit(self, n_epochs=1, train=True, valid=True, cbs=None, lr=None):
+    def fit(self, n_epochs=1, train=True, valid=True, cbs=None, lr=None, start_epoch=0):
         "Train for `n_epochs` (validating after each); `cbs` join for this fit only, `lr` overrides `self.lr` for it."
+        _check_epochs(n_epochs, start_epoch)
+        lr = self.lr if lr is None else lr
+        if self.opt_func:
+            if lr is None: raise ValueError("No learning rate: pass `lr=` to the Learner or to `fit` (`lr_find` helps choose one).")
+            _check_lr(lr)
+        for nm, on in (('train', train), ('valid', valid)):
+            dl = getattr(self.dls, nm, None) if on else None
+            if dl is not None and hasattr(dl, '__len__') and len(dl) == 0: raise ValueError(_empty_msg(nm))
         cbs = [cb for cb in fc.L(cbs) if cb not in self.cbs]  # a callback the learner already has must not run twice
         self.cbs += cbs
+        was_training = getattr(self.model, 'training', None)
         try:
-            self.n_epochs = n_epochs
+            self.n_epochs, self.do_train, self.do_valid = n_epochs, train, valid
             self.missing_steps = [s for s in (_train_steps if train else _train_steps[:2])
                                   if not hasattr(type(self), s) and not any(hasattr(cb, s) for cb in self.cbs)]
-            self.epochs = range(n_epochs)
-            lr = self.lr if lr is None else lr
-            if self.opt_func:
-                if lr is None: raise ValueError("No learning rate: pass `lr=` to the Learner or to `fit` (`lr_find` helps choose one).")
-                self.opt = self.opt_func(self.model.parameters(), lr)
+            self.epochs = range(start_epoch, n_epochs)
+            if self.opt_func: self.opt = self.opt_func(self.model.parameters(), lr)
             self._fit(train, valid)
+        except BaseException:  # an error or a Ctrl-C: leave the model in the mode it had before the fit
+            if was_training is not None: self.model.train(was_training)
+            raise
         finally:
             for cb in cbs: self.cbs.remove(cb)
 
     def __getattr__(self, name):
         if name in _train_steps: return partial(self.callback, name)
+        if name == 'opt':
+            raise AttributeError(f"'{type(self).__name__}' has no optimizer yet: `fit` creates a fresh one each time. To use a "
+                                 "scheduler, give a callback a function that makes it from the optimizer, e.g. "
+                                 "BatchSchedCB(partial(lr_scheduler.OneCycleLR, max_lr=0.01, total_steps=n)): it is called "
+                                 "with the fit's optimizer when the fit starts.")
+        if name in _fit_attrs:
+            raise AttributeError(f"'{type(self).__name__}' has no `{name}` yet: it exists once `fit` has started.")
         raise AttributeError(f"'{type(self).__name__}' object has no attribute '{name}'")
 
     def callback(self, method_nm): run_cbs(self.cbs, method_nm, self)
@@ -256,8 +390,16 @@ class ProgressCB(Callback):
             self.val_losses.append(self.metrics.loss.compute().item())
             self._update_graph(learn)
 
+    def after_fit(self, learn): self.finished = True
+
     def cleanup_fit(self, learn):
         if self.metrics is not None: self.metrics.__dict__.pop('_log', None)  # MetricsCB prints for itself again
+        if self.show_bars and not getattr(self, 'finished', False):  # interrupted: close the bars so the output is tidy
+            try:
+                if getattr(learn.dl, 'is_active', False): learn.dl.on_interrupt()
+                self.mbar.on_iter_end()
+            except Exception: pass  # never hide the error that stopped the fit
+        self.finished = False
 
     def _update_graph(self, learn):
         self.drawn = time.monotonic()
@@ -291,6 +433,7 @@ class MomentumLearner(TrainLearner):
 # %% ../nbs/09_learner.ipynb #fe8b9239
 class LRFinderCB(Callback):
     "Multiply the LR by `gamma` after each training batch, recording losses; stop when the loss passes `max_mult` times its minimum."
+    handles_divergence = True  # a NaN loss is this callback's stop signal, not an error
     def __init__(self, gamma=1.3, max_mult=3):
         fc.store_attr()
         self.lrs, self.losses, self.exploded = [], [], False
