@@ -49,7 +49,9 @@ def shift(x, dy=0, dx=0, fill=0.):
     return xp[..., p-dy:p-dy+h, p-dx:p-dx+w]
 
 # %% ../nbs/16_beyond.ipynb #1c898f0d
-def hflip(x): return x.flip(-1)
+def hflip(x):
+    "Mirror a batch of images left to right."
+    return x.flip(-1)
 
 def tta_views(kind='flip'):
     "Test-time views by name: 'none' (the image), 'flip' (and its mirror), 'flip+shift' (both, and one-pixel shifts of the image)."
@@ -70,7 +72,9 @@ def tta_preds(learn, views):
     finally: learn.cbs = cbs
     return torch.stack(probs).mean(0), targs
 
-def accuracy(probs, targs): return (probs.argmax(1) == targs).float().mean().item()
+def accuracy(probs, targs):
+    "Share of rows of `probs` whose largest entry is at the target class."
+    return (probs.argmax(1) == targs).float().mean().item()
 
 # %% ../nbs/16_beyond.ipynb #77b12386
 @dataclass
