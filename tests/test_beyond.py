@@ -60,6 +60,9 @@ def test_tta_views():
     views = tta_views('flip+shift')
     assert torch.equal(views[0](x), x) and torch.equal(views[1](x), x.flip(-1))
     assert [torch.equal(v(x), shift(x, dy, dx)) for v, (dy, dx) in zip(views[2:], [(1, 0), (-1, 0), (0, 1), (0, -1)])] == [True] * 4
+    shifts = tta_views('shift')
+    assert len(shifts) == 5 and torch.equal(shifts[0](x), x)
+    assert [torch.equal(a(x), b(x)) for a, b in zip(shifts[1:], views[2:])] == [True] * 4  # the same shifts, no mirror
     with pytest.raises(ValueError, match="unknown kind 'rotate'"): tta_views('rotate')
 
 
@@ -98,7 +101,7 @@ def test_recipes_are_valid_and_overridable():
     assert {'lesson5', 'lesson20', 'lesson50', 'beyond5', 'beyond20', 'beyond50', 'fast93'} <= set(RECIPES)
     assert get_recipe('lesson50').erase and get_recipe('lesson20').aug == 'batch'
     r = get_recipe('beyond5', epochs=2, bs=None, lr=0.02)
-    assert (r.epochs, r.bs, r.lr) == (2, 1024, 0.02) and RECIPES['beyond5'].epochs == 5  # the table itself is unchanged
+    assert (r.epochs, r.bs, r.lr) == (2, 256, 0.02) and RECIPES['beyond5'].epochs == 5  # the table itself is unchanged
     assert get_recipe(r) == r
     get_recipe('lesson5').model['head'] = 'pool'  # a copy: the table's recipes share nothing with what get_recipe returns
     assert RECIPES['lesson5'].model['head'] == RECIPES['lesson20'].model['head'] == 'flatten'
@@ -128,6 +131,14 @@ def test_augment_cbs():
     assert not cb.tfm.keywords['tfm_x'][0].per_image
 
 
+def test_pad_0_means_flips_only():
+    (cb,) = augment_cbs(get_recipe('beyond5'))
+    x = torch.randn(64, 1, 6, 6)
+    out = cb.tfm.keywords['tfm_x'](x)
+    same, mirrored = [(out == v).flatten(1).all(1) for v in (x, x.flip(-1))]
+    assert (same | mirrored).all() and same.any() and mirrored.any()  # each image kept or mirrored whole, never moved
+
+
 def test_set_precision(dls):
     learn = TrainLearner(resnet(), dls, F.cross_entropy)
     with pytest.raises(ValueError, match='precision must be one of auto, bf16'): set_precision(learn, 'int8')
@@ -141,7 +152,7 @@ def test_set_precision(dls):
 
 
 def test_label_smoothing_reaches_the_loss(dls):
-    learn = make_learner(get_recipe('beyond5'), dls, progress=False)
+    learn = make_learner(get_recipe('beyond20'), dls, progress=False)
     assert learn.loss_func.keywords == {'label_smoothing': 0.1}
     assert make_learner(get_recipe('lesson5'), dls, progress=False).loss_func is F.cross_entropy
 
@@ -176,7 +187,7 @@ def test_save_run_refuses_a_file(tmp_path, dls):
 
 
 def test_train_refuses_loaders_with_another_batch_size(dls):
-    with pytest.raises(ValueError, match="batch size is 256 but the recipe says 1024"): train('fast93', dls=dls, progress=False)
+    with pytest.raises(ValueError, match="batch size is 256 but the recipe says 1024"): train('lesson5', dls=dls, progress=False)
 
 
 @pytest.mark.parametrize('argv,msg', [

@@ -1,0 +1,92 @@
+"""The lesson's two plain-CNN results, over several seeds: how far is one run from the typical one?
+
+`cnn`: lesson 11's `get_model` (stride-2 convs, 8 to 64 channels, BatchNorm, GeneralRelu(0.1, 0.4), Kaiming init),
+AdamW, 1cycle with peak lr 6e-2, 5 epochs, batch 1024: the lesson reports 90.6%.
+`deeper`: the same with a stride-1 first conv and 8 to 128 channels (notebook 13's `get_deeper`), same training: 91.7%.
+The lesson trained in fp32 on a GPU; `--precision fp32` is that (the default), `bf16` is miniai's fast CPU setup.
+
+Usage: python bench/lesson_seeds.py [--models cnn deeper] [--seeds 42 1 2] [--epochs 5] [--lr 0.06] [--bs 1024]
+                                    [--precision fp32|bf16] [--threads N] [--out FILE]
+Prints one line per run and a summary table (mean, lowest, highest); `--out` also writes them to FILE.
+"""
+import argparse, statistics, time
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+from torch import nn, optim
+from torch.optim import lr_scheduler
+from torcheval.metrics import MulticlassAccuracy
+
+from miniai.datasets import fashion_mnist_dls, find_fashion_mnist
+from miniai.learner import TrainLearner, MetricsCB, DeviceCB
+from miniai.activations import set_seed
+from miniai.accel import machine_info
+from miniai.init import conv, get_model, init_weights
+from miniai.resnet import act_gr
+from miniai.sgd import BatchSchedCB
+
+LESSON = {'cnn': 0.906, 'deeper': 0.917}
+
+def get_deeper(act=act_gr, nfs=(8, 16, 32, 64, 128), norm=nn.BatchNorm2d):
+    "Notebook 13's deeper CNN: a stride-1 conv to 8 channels, stride-2 convs doubling to 128, a conv to 10 logits."
+    layers = [conv(1, 8, stride=1, act=act, norm=norm)]
+    layers += [conv(nfs[i], nfs[i+1], act=act, norm=norm) for i in range(len(nfs) - 1)]
+    return nn.Sequential(*layers, conv(nfs[-1], 10, act=None, norm=norm, bias=True), nn.Flatten())
+
+MODELS = {'cnn': lambda: get_model(act_gr, norm=nn.BatchNorm2d), 'deeper': get_deeper}
+
+def run(name, seed, dls, epochs, lr, precision):
+    "Train model `name` from `seed` as the lesson does; return its final test accuracy and the seconds it took."
+    set_seed(seed)
+    model = MODELS[name]().apply(partial(init_weights, leaky=0.1))
+    sched = partial(lr_scheduler.OneCycleLR, max_lr=lr, total_steps=epochs * len(dls.train))
+    metrics = MetricsCB(accuracy=MulticlassAccuracy())
+    learn = TrainLearner(model, dls, F.cross_entropy, lr=lr, cbs=[DeviceCB(), metrics, BatchSchedCB(sched)], opt_func=optim.AdamW)
+    if precision == 'bf16': learn.to_fast(torch.bfloat16)
+    start = time.perf_counter()
+    learn.fit(epochs)
+    return metrics.history[-1]['accuracy'], time.perf_counter() - start
+
+def seed_arg(s):
+    v = int(s)
+    if not 0 <= v < 2**32: raise argparse.ArgumentTypeError(f'a seed must be in 0 to 2**32-1, got {s}')
+    return v
+
+def positive(kind):
+    def _f(s):
+        v = kind(s)
+        if v <= 0: raise argparse.ArgumentTypeError(f'must be positive, got {s}')
+        return v
+    return _f
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument('--models', nargs='+', choices=list(MODELS), default=list(MODELS))
+    p.add_argument('--seeds', nargs='+', type=seed_arg, default=[42, 1, 2])
+    p.add_argument('--epochs', type=positive(int), default=5)
+    p.add_argument('--lr', type=positive(float), default=6e-2)
+    p.add_argument('--bs', type=positive(int), default=1024, help="training batch size (the lesson's: 1024)")
+    p.add_argument('--precision', choices=['fp32', 'bf16'], default='fp32')
+    p.add_argument('--threads', type=positive(int), default=None)
+    p.add_argument('--out', default=None, help='also write the lines printed to this file')
+    args = p.parse_args()
+    if args.threads: torch.set_num_threads(args.threads)
+    lines = []
+    def say(s): print(s, flush=True); lines.append(s)
+    say(f'lesson_seeds: {args.epochs} epochs, lr {args.lr}, batch size {args.bs}, {args.precision}, '
+        f'data {find_fashion_mnist()[1]}, {machine_info()}')
+    dls = fashion_mnist_dls(bs=args.bs)
+    accs = {}
+    for name in args.models:
+        for seed in args.seeds:
+            acc, secs = run(name, seed, dls, args.epochs, args.lr, args.precision)
+            accs.setdefault(name, []).append(acc)
+            say(f'{name:7s} seed {seed:10d}: {acc:.2%} in {secs:.0f} s')
+    say(f'{"model":7s} {"runs":>4s} {"mean":>7s} {"lowest":>7s} {"highest":>7s} {"lesson":>7s}')
+    for name, a in accs.items():
+        say(f'{name:7s} {len(a):4d} {statistics.mean(a):7.2%} {min(a):7.2%} {max(a):7.2%} {LESSON[name]:7.1%}')
+    if args.out:
+        with open(args.out, 'w') as f: f.write('\n'.join(lines) + '\n')
+
+if __name__ == '__main__': main()
