@@ -152,7 +152,7 @@ def test_set_precision(dls):
 
 
 def test_label_smoothing_reaches_the_loss(dls):
-    learn = make_learner(get_recipe('beyond20'), dls, progress=False)
+    learn = make_learner(get_recipe('beyond50'), dls, progress=False)
     assert learn.loss_func.keywords == {'label_smoothing': 0.1}
     assert make_learner(get_recipe('lesson5'), dls, progress=False).loss_func is F.cross_entropy
 
