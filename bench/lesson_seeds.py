@@ -25,6 +25,7 @@ from miniai.accel import machine_info
 from miniai.init import conv, get_model, init_weights
 from miniai.resnet import act_gr
 from miniai.sgd import BatchSchedCB
+from miniai.beyond import _number  # miniai-train's checked argparse types
 
 LESSON = {'cnn': 0.906, 'deeper': 0.917}
 
@@ -48,27 +49,15 @@ def run(name, seed, dls, epochs, lr, precision):
     learn.fit(epochs)
     return metrics.history[-1]['accuracy'], time.perf_counter() - start
 
-def seed_arg(s):
-    v = int(s)
-    if not 0 <= v < 2**32: raise argparse.ArgumentTypeError(f'a seed must be in 0 to 2**32-1, got {s}')
-    return v
-
-def positive(kind):
-    def _f(s):
-        v = kind(s)
-        if v <= 0: raise argparse.ArgumentTypeError(f'must be positive, got {s}')
-        return v
-    return _f
-
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('--models', nargs='+', choices=list(MODELS), default=list(MODELS))
-    p.add_argument('--seeds', nargs='+', type=seed_arg, default=[42, 1, 2])
-    p.add_argument('--epochs', type=positive(int), default=5)
-    p.add_argument('--lr', type=positive(float), default=6e-2)
-    p.add_argument('--bs', type=positive(int), default=1024, help="training batch size (the lesson's: 1024)")
+    p.add_argument('--seeds', nargs='+', type=_number(int, 'a seed', minimum=0, maximum=2**32 - 1), default=[42, 1, 2])
+    p.add_argument('--epochs', type=_number(int, '--epochs', minimum=1), default=5)
+    p.add_argument('--lr', type=_number(float, '--lr', positive=True), default=6e-2)
+    p.add_argument('--bs', type=_number(int, '--bs', minimum=1), default=1024, help="training batch size (the lesson's: 1024)")
     p.add_argument('--precision', choices=['fp32', 'bf16'], default='fp32')
-    p.add_argument('--threads', type=positive(int), default=None)
+    p.add_argument('--threads', type=_number(int, '--threads', minimum=1), default=None)
     p.add_argument('--out', default=None, help='also write the lines printed to this file')
     args = p.parse_args()
     if args.threads: torch.set_num_threads(args.threads)

@@ -37,7 +37,7 @@ def test_lesson_seeds_reports_each_run_and_the_summary(tmp_path):
     assert float(summary[2].rstrip('%')) == pytest.approx(sum(accs) / 2, abs=0.01)
 
 
-@pytest.mark.parametrize('args,msg', [(['--seeds', '-1'], 'seed must be in'), (['--epochs', '0'], 'must be positive'),
+@pytest.mark.parametrize('args,msg', [(['--seeds', '-1'], 'a seed must be at least 0'), (['--epochs', '0'], '--epochs must be at least 1'),
                                       (['--models', 'vgg'], "invalid choice: 'vgg'"), (['--precision', 'fp8'], "invalid choice: 'fp8'")])
 def test_lesson_seeds_refuses_bad_options(args, msg):
     r = _run(*args)
