@@ -22,20 +22,14 @@ from miniai.datasets import fashion_mnist_dls, find_fashion_mnist
 from miniai.learner import TrainLearner, MetricsCB, DeviceCB
 from miniai.activations import set_seed
 from miniai.accel import machine_info
-from miniai.init import conv, get_model, init_weights
-from miniai.resnet import act_gr
+from miniai.init import get_model, init_weights
+from miniai.resnet import act_gr, get_deeper
 from miniai.sgd import BatchSchedCB
 from miniai.beyond import _number  # miniai-train's checked argparse types
 
 LESSON = {'cnn': 0.906, 'deeper': 0.917}
 
-def get_deeper(act=act_gr, nfs=(8, 16, 32, 64, 128), norm=nn.BatchNorm2d):
-    "Notebook 13's deeper CNN: a stride-1 conv to 8 channels, stride-2 convs doubling to 128, a conv to 10 logits."
-    layers = [conv(1, 8, stride=1, act=act, norm=norm)]
-    layers += [conv(nfs[i], nfs[i+1], act=act, norm=norm) for i in range(len(nfs) - 1)]
-    return nn.Sequential(*layers, conv(nfs[-1], 10, act=None, norm=norm, bias=True), nn.Flatten())
-
-MODELS = {'cnn': lambda: get_model(act_gr, norm=nn.BatchNorm2d), 'deeper': get_deeper}
+MODELS = {'cnn': lambda: get_model(act_gr, norm=nn.BatchNorm2d), 'deeper': lambda: get_deeper(act_gr)}
 
 def run(name, seed, dls, epochs, lr, precision):
     "Train model `name` from `seed` as the lesson does; return its final test accuracy and the seconds it took."

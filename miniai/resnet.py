@@ -17,10 +17,17 @@ from .activations import *
 from .init import *
 
 # %% auto #0
-__all__ = ['act_gr', 'ResBlock', 'ModelSummary', 'summary', 'GlobalAvgPool']
+__all__ = ['act_gr', 'get_deeper', 'ResBlock', 'ModelSummary', 'summary', 'GlobalAvgPool']
 
 # %% ../nbs/13_resnet.ipynb #313c57b2
 act_gr = partial(GeneralRelu, leak=0.1, sub=0.4)
+
+# %% ../nbs/13_resnet.ipynb #7ba43ca0
+def get_deeper(act=nn.ReLU, nfs=(8, 16, 32, 64, 128), norm=nn.BatchNorm2d):
+    "A stride-1 `conv` to `nfs[0]` channels, stride-2 `conv`s through `nfs`, then a conv to 10 logits, flattened."
+    layers = [conv(1, nfs[0], stride=1, act=act, norm=norm)]
+    layers += [conv(nfs[i], nfs[i+1], act=act, norm=norm) for i in range(len(nfs) - 1)]
+    return nn.Sequential(*layers, conv(nfs[-1], 10, act=None, norm=norm, bias=True), nn.Flatten())
 
 # %% ../nbs/13_resnet.ipynb #3c19b896
 def _conv_block(ni, nf, stride, act=act_gr, norm=None, ks=3):

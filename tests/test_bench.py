@@ -8,6 +8,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT/'bench'))
 import lesson_seeds  # noqa: E402
+from miniai.resnet import get_deeper  # noqa: E402
 
 
 def _run(*args, **env):
@@ -18,7 +19,7 @@ def _run(*args, **env):
 def test_lesson_seeds_models_have_the_lessons_shapes():
     x = torch.randn(2, 1, 28, 28)
     for name, model in lesson_seeds.MODELS.items(): assert model()(x).shape == (2, 10), name
-    deeper = lesson_seeds.get_deeper()
+    deeper = get_deeper()
     convs = [m for m in deeper.modules() if isinstance(m, torch.nn.Conv2d)]
     assert [c.out_channels for c in convs] == [8, 16, 32, 64, 128, 10] and convs[0].stride == (1, 1)
 
