@@ -123,7 +123,7 @@ def test_unknown_recipe_lists_the_known_ones():
 
 def test_augment_cbs():
     assert augment_cbs(get_recipe('lesson5')) == []
-    (cb,) = augment_cbs(get_recipe('beyond50'))
+    (cb,) = augment_cbs(Recipe('crop, flip and erase', dict(), aug='image', pad=2, erase=True))
     assert cb.on_train and not cb.on_val
     tfms = cb.tfm.keywords['tfm_x']
     assert [type(t).__name__ for t in tfms] == ['CropFlip', 'RandErase'] and tfms[0].per_image and tfms[0].pad == 2
@@ -152,7 +152,7 @@ def test_set_precision(dls):
 
 
 def test_label_smoothing_reaches_the_loss(dls):
-    learn = make_learner(get_recipe('beyond50'), dls, progress=False)
+    learn = make_learner(Recipe('smoothed', dict(), label_smoothing=0.1), dls, progress=False)
     assert learn.loss_func.keywords == {'label_smoothing': 0.1}
     assert make_learner(get_recipe('lesson5'), dls, progress=False).loss_func is F.cross_entropy
 
