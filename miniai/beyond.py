@@ -121,8 +121,8 @@ RECIPES = {
                        dict(), epochs=5, lr=1e-2, bs=256, aug='image', pad=0, tta='flip'),
     'beyond20': Recipe("Pooled ResNet, batch 256, 20 epochs, per-image crop+flip, flip TTA",
                        dict(), epochs=20, lr=1e-2, bs=256, aug='image', tta='flip'),
-    'beyond50': Recipe("Pooled ResNet, 50 epochs, per-image crop+flip (padding 2), random erasing, label smoothing, flip+shift TTA",
-                       dict(), epochs=50, aug='image', pad=2, erase=True, label_smoothing=0.1, tta='flip+shift'),
+    'beyond50': Recipe("The lesson's wider ResNet, batch 256, 50 epochs, per-image crop+flip, random erasing, flip TTA",
+                       _wider, epochs=50, lr=1e-2, bs=256, aug='image', erase=True, tta='flip'),
 }
 
 def get_recipe(recipe, **overrides):
