@@ -13,7 +13,10 @@ from torch import nn
 from .learner import *
 
 # %% auto #0
-__all__ = ['cpu_has_fast_bf16', 'machine_info', 'MixedPrecisionCB', 'ChannelsLastCB', 'to_fast']
+__all__ = ['cpu_has_fast_bf16', 'machine_info', 'MixedPrecisionCB', 'ChannelsLastCB']
+
+# %% ../nbs/11a_accel.ipynb #p11a0cde
+from fastcore.basics import patch
 
 # %% ../nbs/11a_accel.ipynb #56c39379
 def cpu_has_fast_bf16() -> bool:
@@ -43,7 +46,7 @@ class MixedPrecisionCB(Callback):
     def __init__(self, dtype=None):
         if dtype not in (None, torch.bfloat16, torch.float16):
             raise ValueError(f"MixedPrecisionCB: dtype must be torch.bfloat16, torch.float16 or None (choose for me), got {dtype}.")
-        self.dtype = dtype
+        self.dtype, self.scaler, self.autocast = dtype, None, None  # (what the cleanups read, also when before_fit never ran)
 
     def _pick_dtype(self, device):
         if self.dtype is not None: return self.dtype
@@ -59,8 +62,18 @@ class MixedPrecisionCB(Callback):
         self.device = _model_device(learn.model)
         self.active_dtype = self._pick_dtype(self.device)
         self.scaler = torch.amp.GradScaler(self.device) if self.active_dtype == torch.float16 else None
-        self.handles_divergence = self.scaler is not None  # an inf loss is the scaler's signal to skip a step, not an error
         self.autocast = None
+
+    def state_dict(self):
+        "The loss scaler's state (fp16 only), which a checkpoint keeps so that a resumed run continues with the same scale."
+        return {'scaler': self.scaler.state_dict() if getattr(self, 'scaler', None) is not None else None}
+
+    def load_state_dict(self, st):
+        if st['scaler'] is None: return
+        if self.scaler is None:
+            raise ValueError("This state was saved by an fp16 run with loss scaling, and this fit runs without it: "
+                             "resume with MixedPrecisionCB(torch.float16).")
+        self.scaler.load_state_dict(st['scaler'])
 
     def before_batch(self, learn):
         if self.active_dtype is None: return
@@ -113,7 +126,7 @@ class ChannelsLastCB(Callback):
         learn.batch = (*xs, *learn.batch[n:])
 
 # %% ../nbs/11a_accel.ipynb #0f335d72
-@fc.patch
+@patch
 def to_fast(self:Learner, dtype=None, channels_last=True):
     "Add mixed precision (bf16 where fast, see `MixedPrecisionCB`) and, for conv nets, channels-last to this learner."
     self.cbs = [cb for cb in self.cbs if not isinstance(cb, (MixedPrecisionCB, ChannelsLastCB))]

@@ -65,6 +65,7 @@ class Hooks(list):
 # %% ../nbs/10_activations.ipynb #a3ffc05b
 class HooksCallback(Callback):
     "Hook `hookfunc` onto the modules `mods`, or those of the model that `mod_filter` selects, for the length of a fit."
+    side_effects = True  # records statistics: a quiet pass leaves it out
     def __init__(self, hookfunc, mod_filter=fc.noop, on_train=True, on_valid=False, mods=None):
         fc.store_attr()
         self.hooks = Hooks([], hookfunc)

@@ -4,7 +4,7 @@
 
 # %% ../nbs/09b_checkpoint.ipynb #adecd497
 from __future__ import annotations
-import copy, numbers, os, pickle, random
+import copy, numbers, os, pickle, random, warnings
 from pathlib import Path
 
 import fastcore.all as fc
@@ -15,8 +15,11 @@ from torch import nn
 from .learner import *
 
 # %% auto #0
-__all__ = ['CheckpointError', 'atomic_save', 'load_file', 'rng_states', 'set_rng_states', 'load_weights', 'checkpoint',
-           'CheckpointCB', 'resume', 'save', 'load']
+__all__ = ['CheckpointError', 'atomic_save', 'check_writable', 'remove_stale_temps', 'load_file', 'rng_states', 'set_rng_states',
+           'load_weights', 'checkpoint', 'CheckpointCB']
+
+# %% ../nbs/09b_checkpoint.ipynb #p9b1c0de
+from fastcore.basics import patch
 
 # %% ../nbs/09b_checkpoint.ipynb #94c4f802
 class CheckpointError(RuntimeError):
@@ -24,13 +27,38 @@ class CheckpointError(RuntimeError):
 
 def atomic_save(obj, fn):
     "`torch.save` `obj` to `fn` through a temporary file and a rename, so `fn` is always either the old or the new file."
-    fn = Path(fn)
-    fn.parent.mkdir(parents=True, exist_ok=True)
+    fn = check_writable(fn)
     tmp = fn.with_name(f'.{fn.name}.tmp{os.getpid()}')
     try:
         torch.save(obj, tmp)
         os.replace(tmp, fn)
+    except (OSError, RuntimeError) as e:  # torch reports a full disk as e.g. "unexpected pos 64 vs 0"
+        kept = f"the previous {fn.name} is intact" if fn.exists() else f"no {fn.name} was written"
+        raise CheckpointError(f"Could not write {fn} ({type(e).__name__}: {e}): is the disk full, or a file-size limit "
+                              f"reached? Nothing was lost: {kept}. Free some space and save again.") from e
     finally: tmp.unlink(missing_ok=True)
+    remove_stale_temps(fn)
+
+def check_writable(fn):
+    "`fn` as a `Path`, after making sure it can be a file: not a folder, in a folder that exists or can be made."
+    fn = Path(fn)
+    if fn.is_dir(): raise IsADirectoryError(f"{fn} is a folder: give a file name for the checkpoint, e.g. {fn/'checkpoint.pth'}.")
+    try: fn.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as e:
+        raise NotADirectoryError(f"Can't write {fn}: a file in its path is not a folder ({e}).") from e
+    return fn
+
+def _alive(pid):
+    try: os.kill(pid, 0)
+    except ProcessLookupError: return False
+    except PermissionError: pass  # another user's live process
+    return True
+
+def remove_stale_temps(fn):
+    "Delete temporary files that saves of `fn` by processes that have since died (killed mid-save) left behind."
+    for tmp in fn.parent.glob(f'.{fn.name}.tmp*'):
+        pid = tmp.name.rsplit('.tmp', 1)[-1]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)): tmp.unlink(missing_ok=True)
 
 # %% ../nbs/09b_checkpoint.ipynb #19ea39df
 def load_file(fn):
@@ -105,13 +133,22 @@ def _load_sched(s, st):
     if hasattr(s, 'load_state_dict'): s.load_state_dict(st)
     else: s.__dict__.update(st)
 
+def _stateful_cbs(learn):
+    "Callbacks, other than schedulers, whose state a resumed run needs (`state_dict`/`load_state_dict`), by class name."
+    return {type(cb).__name__: cb for cb in learn.cbs if hasattr(cb, 'state_dict') and hasattr(cb, 'load_state_dict')}
+
+def _n_batches(learn):
+    try: return len(learn.dls.train)
+    except TypeError: return None
+
 def checkpoint(learn, complete=True):
     "Everything needed to continue `learn`'s fit after its current epoch, as weights-only-safe data."
     opt = getattr(learn, 'opt', None)
     metrics = learn.__dict__.get('metrics')
     return {'miniai_checkpoint': 1, 'epoch': learn.epoch, 'n_epochs': learn.n_epochs, 'complete': complete,
             'model': learn.model.state_dict(), 'arch': _arch(learn.model),
-            'opt': opt.state_dict() if hasattr(opt, 'state_dict') else None,
+            'opt': opt.state_dict() if hasattr(opt, 'state_dict') else None, 'opt_type': type(opt).__name__,
+            'n_batches': _n_batches(learn), 'cbs': {k: cb.state_dict() for k, cb in _stateful_cbs(learn).items()},
             'scheds': [_sched_state(cb.schedo) for cb in _sched_cbs(learn)],
             'metrics': copy.deepcopy(metrics.history) if isinstance(metrics, MetricsCB) else None,
             'rng': rng_states()}
@@ -120,15 +157,19 @@ def checkpoint(learn, complete=True):
 class CheckpointCB(Callback):
     "Save a checkpoint to `path` after every `every` epochs, atomically; on interruption save the moment to `*-interrupted.pth`."
     order = 100
+    side_effects = True  # writes files
     def __init__(self, path='checkpoint.pth', every=1):
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ValueError(f"CheckpointCB: every must be a positive whole number of epochs, got {every!r}.")
-        self.path, self.every = Path(path), every
+        self.path, self.every = check_writable(path), every
+        self.finished, self.trained = False, False  # what cleanup_fit reads, also when before_fit never ran
 
     @property
     def interrupted_path(self): return self.path.with_name(f'{self.path.stem}-interrupted{self.path.suffix or ".pth"}')
 
-    def before_fit(self, learn): self.finished, self.trained = False, False
+    def before_fit(self, learn):
+        check_writable(self.path)  # at once: not after an epoch's training
+        self.finished, self.trained = False, False
     def after_batch(self, learn):
         if learn.training: self.trained = True
 
@@ -141,6 +182,7 @@ class CheckpointCB(Callback):
 
     def cleanup_fit(self, learn):
         if not self.finished and self.trained: atomic_save(checkpoint(learn, complete=False), self.interrupted_path)
+        self.finished, self.trained = False, False
 
 # %% ../nbs/09b_checkpoint.ipynb #119b0927
 class _RestoreCB(Callback):
@@ -150,17 +192,47 @@ class _RestoreCB(Callback):
     def before_fit(self, learn):
         ck = self.ck
         if ck['opt'] is not None:
-            if not hasattr(getattr(learn, 'opt', None), 'load_state_dict'):
+            opt = learn.__dict__.get('opt')
+            if not hasattr(opt, 'load_state_dict'):
                 raise CheckpointError(f"{self.source} has optimizer state, but this learner's optimizer can't load it.")
-            learn.opt.load_state_dict(ck['opt'])
+            if ck.get('opt_type', type(opt).__name__) != type(opt).__name__:
+                raise CheckpointError(f"{self.source} was saved by a run with a {ck['opt_type']} optimizer, and this learner "
+                                      f"makes a {type(opt).__name__}: resume with the same opt_func as the saved run.")
+            try: opt.load_state_dict(ck['opt'])
+            except (ValueError, KeyError) as e:
+                raise CheckpointError(f"{self.source}'s optimizer state doesn't fit this learner's optimizer ({e}): resume "
+                                      "with the same opt_func and model as the saved run.") from e
         scheds = _sched_cbs(learn)
         if len(scheds) != len(ck['scheds']):
             raise CheckpointError(f"{self.source} was saved with {len(ck['scheds'])} scheduler callback(s), and this fit has "
                                   f"{len(scheds)}: give the learner the same callbacks as the run that was saved.")
         for cb, st in zip(scheds, ck['scheds']): _load_sched(cb.schedo, st)
+        self._check_schedules(learn, scheds)
+        stateful = _stateful_cbs(learn)
+        for k, st in ck.get('cbs', {}).items():
+            if k not in stateful: raise CheckpointError(f"{self.source} holds the state of a {k}, which this fit doesn't have: "
+                                                        "give the learner the same callbacks as the run that was saved.")
+            stateful[k].load_state_dict(st)
         metrics = learn.__dict__.get('metrics')
         if ck['metrics'] is not None and isinstance(metrics, MetricsCB): metrics.history = copy.deepcopy(ck['metrics'])
         set_rng_states(ck['rng'])
+
+    def _check_schedules(self, learn, scheds):
+        "A schedule of a fixed length (1cycle's `total_steps`) can't be extended: refuse a resumed fit that runs past its end."
+        n = _n_batches(learn)
+        for cb in scheds:
+            total, done = getattr(cb.schedo, 'total_steps', None), getattr(cb.schedo, 'last_epoch', None)
+            if n is None or not isinstance(total, int) or not isinstance(done, int): continue
+            if done + n*len(learn.epochs) > total:
+                raise CheckpointError(f"{self.source}'s {type(cb.schedo).__name__} schedule has {total} steps and took {done}; "
+                                      f"this fit needs {n*len(learn.epochs)} more ({len(learn.epochs)} epochs of {n} batches). "
+                                      "A schedule's length is fixed when it is made, so it can't be extended: resume to the "
+                                      "saved run's n_epochs with the same batch size, then train further with a new fit and "
+                                      "a new schedule.")
+        if ck_n := self.ck.get('n_batches'):
+            if n is not None and n != ck_n:
+                warnings.warn(f"{self.source} was saved by a run with {ck_n} batches per epoch, and this one has {n}: it "
+                              "continues, but won't reproduce the original run (the batch size or the data differ).")
 
 def _read_checkpoint(path):
     ck = load_file(path)
@@ -169,7 +241,7 @@ def _read_checkpoint(path):
                               "is loaded with `learn.load`).")
     return ck
 
-@fc.patch
+@patch
 def resume(self:Learner, path='checkpoint.pth', n_epochs=None, cbs=None, **kwargs):
     "Continue the run checkpointed at `path`, to `n_epochs` (default: the original run's); `cbs` and `kwargs` go to `fit`."
     ck = _read_checkpoint(path)
@@ -190,7 +262,7 @@ def _model_file(name, path):
     fn = Path(path)/name
     return fn if fn.suffix else fn.with_suffix('.pth')
 
-@fc.patch
+@patch
 def save(self:Learner, name, path='models', with_opt=False):
     "Save the model's weights (and the optimizer's state if `with_opt`) to `path/name.pth`, atomically; return the file."
     fn = _model_file(name, path)
@@ -199,7 +271,7 @@ def save(self:Learner, name, path='models', with_opt=False):
                  'opt': opt.state_dict() if hasattr(opt, 'state_dict') else None}, fn)
     return fn
 
-@fc.patch
+@patch
 def load(self:Learner, name, path='models', strict=True):
     "Load weights saved by `save` (or a `CheckpointCB` checkpoint, or a bare state dict) from `path/name.pth` into the model."
     fn = _model_file(name, path)

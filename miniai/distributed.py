@@ -16,7 +16,10 @@ from .accel import MixedPrecisionCB
 from .checkpoint import CheckpointCB
 
 # %% auto #0
-__all__ = ['get_accelerator', 'DistLoader', 'AccelerateCB', 'to_distributed']
+__all__ = ['get_accelerator', 'DistLoader', 'AccelerateCB']
+
+# %% ../nbs/15_distributed.ipynb #p15a0cde
+from fastcore.basics import patch
 
 # %% ../nbs/15_distributed.ipynb #0afd56c5
 _INSTALL = ("Distributed training needs Hugging Face Accelerate, an optional extra of miniai: "
@@ -65,11 +68,7 @@ class DistLoader:
             yield self.dl.normalise(self.dl.x[mine]), self.dl.y[mine]
 
 # %% ../nbs/15_distributed.ipynb #e357b5e9
-class _Silent:
-    "What a non-main process needs from a callback's methods: nothing."
-    def __call__(self, *args, **kwargs): pass
-
-class _RestoreCB(Callback):
+class _UndoCB(Callback):
     "Runs last at the end of a fit: undoes what `AccelerateCB` changed on other objects, once they are done with it."
     order = 10_000
     def __init__(self, undo): self.undo = undo
@@ -109,6 +108,7 @@ class AccelerateCB(Callback):
         return seed[0]
 
     def before_fit(self, learn):
+        self._check_quiet(learn)
         if any(isinstance(cb, MixedPrecisionCB) for cb in learn.cbs):
             raise ValueError("AccelerateCB runs mixed precision itself (AccelerateCB(mixed_precision='bf16') or 'fp16'): "
                              "remove the MixedPrecisionCB, or use `learn.to_distributed(mixed_precision=...)`.")
@@ -131,16 +131,14 @@ class AccelerateCB(Callback):
             self.loaders[nm] = DistLoader(dl, acc.process_index, acc.num_processes, seed)
         _set_attr(undo, learn, 'dls', DataLoaders(self.loaders['train'], self.loaders['valid']))
         undo.append(lambda: setattr(learn, 'model', self.model))
-        if not self.is_main: self._silence(learn, undo)
-        learn.cbs.append(_RestoreCB(undo))
+        learn.cbs.append(_UndoCB(undo))
 
-    def _silence(self, learn, undo):
-        for cb in learn.cbs:
-            if isinstance(cb, MetricsCB): _set_attr(undo, cb, '_log', _Silent())
-            if isinstance(cb, CheckpointCB):
-                for m in ('after_epoch', 'cleanup_fit'): _set_attr(undo, cb, m, _Silent())
-            if type(cb).__name__ == 'ProgressCB':
-                _set_attr(undo, cb, 'bars', False); _set_attr(undo, cb, 'plot', False); _set_attr(undo, cb, '_log', _Silent())
+    def _check_quiet(self, learn):
+        loud = [type(cb).__name__ for cb in learn.cbs if getattr(cb, 'side_effects', False)]
+        if loud and not self.is_main:
+            raise RuntimeError(f"AccelerateCB: process {self.rank} is not the main one, but the fit has callbacks with side "
+                               f"effects ({', '.join(loud)}), which would print and write files once per process: set the "
+                               "learner up with `learn.to_distributed()`, which makes the other processes' fits quiet.")
 
     def before_epoch(self, learn):
         dl = self.loaders['train' if learn.training else 'valid']
@@ -181,11 +179,19 @@ class AccelerateCB(Callback):
     def cleanup_fit(self, learn): learn.model = self.model
 
 # %% ../nbs/15_distributed.ipynb #4f93d3e3
-@fc.patch
+def _quiet_fit(learn):
+    "`learn.fit`, run as a quiet pass (`learn.quiet()`): for the processes other than the main one."
+    fit = type(learn).fit
+    def _fit(*args, **kwargs):
+        with learn.quiet(): return fit(learn, *args, **kwargs)
+    return _fit
+
+@patch
 def to_distributed(self:Learner, mixed_precision='no', **kwargs):
-    "Train this learner data-parallel through Accelerate (`AccelerateCB(mixed_precision, **kwargs)`); `learn.save` on the main process only."
+    "Train this learner data-parallel through Accelerate (`AccelerateCB(mixed_precision, **kwargs)`); only the main process reports and saves."
     cb = AccelerateCB(mixed_precision=mixed_precision, **kwargs)
     self.cbs = fc.L(c for c in self.cbs if not isinstance(c, (AccelerateCB, DeviceCB, MixedPrecisionCB))) + [cb]
+    if not cb.is_main: self.fit = _quiet_fit(self)
     save = type(self).save if hasattr(type(self), 'save') else None
     if save is not None:
         def _save(*args, **kw):

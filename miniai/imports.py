@@ -32,6 +32,7 @@ from datasets import load_dataset, load_dataset_builder
 
 from .datasets import *
 from .learner import *
+from .guards import *
 from .checkpoint import *
 from .activations import *
 from .init import *

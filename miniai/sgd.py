@@ -99,6 +99,17 @@ class BaseSchedCB(Callback):
             raise kind(f"{type(self).__name__} could not create its scheduler: {_describe(self.sched)}(optimizer) "
                        f"raised {type(e).__name__}: {e}. Pass a callable that takes the optimizer as its only "
                        "argument, e.g. partial(lr_scheduler.CosineAnnealingLR, T_max=...).") from e
+        self._check_length(learn)
+
+    def _check_length(self, learn):
+        "A schedule of fixed length (1cycle's `total_steps`) shorter than the fit would fail at its end: refuse it now."
+        total = getattr(self.schedo, 'total_steps', None)
+        try: n = len(learn.dls.train) * len(learn.epochs)
+        except TypeError: return  # a loader without a length: nothing to compare
+        if learn.do_train and isinstance(total, int) and isinstance(self, BatchSchedCB) and n > total:
+            raise ValueError(f"{type(self).__name__}: the {type(self.schedo).__name__} schedule has {total} steps, but this fit "
+                             f"takes {n} ({len(learn.epochs)} epochs of {len(learn.dls.train)} batches): make the schedule "
+                             "with total_steps=len(dls.train)*n_epochs.")
 
     def _step(self, learn):
         if learn.training: self.schedo.step()
@@ -117,6 +128,7 @@ class HasLearnCB(Callback):
 # %% ../nbs/12_accel_sgd.ipynb #df18ea03
 class RecorderCB(HasLearnCB):
     "After each training batch, append `f(self)` to `self.recs[name]` for each `name=f` given; `plot` draws them."
+    side_effects = True  # records
     def __init__(self, **d): self.d = d
 
     def before_fit(self, learn):

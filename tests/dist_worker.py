@@ -43,7 +43,7 @@ def main(out):
     learn.fit(1)
     learn.save('model', path=out)
     torch.save({'rank': acc.process_index, 'world': acc.num_processes, 'state': learn.model.state_dict(),
-                'init': init, 'history': learn.metrics.history,
+                'init': init, 'history': learn.metrics.history if acc.is_main_process else None,
                 'preds': torch.cat(cap.preds), 'targs': torch.cat(cap.targs)}, out/f'rank{acc.process_index}.pt')
 
 if __name__ == '__main__': main(sys.argv[1])

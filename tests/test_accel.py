@@ -253,15 +253,15 @@ def test_fp16_overflow_skips_step_and_lowers_scale():
     assert len(rec.of('batch')) == 1 and math.isfinite(rec.of('batch')[0][1])
 
 
-def test_fp16_inf_loss_skips_step():
-    "A loss that overflows (times inf) gives non-finite gradients: the step is skipped too."
+def test_fp16_inf_loss_is_divergence_and_takes_no_step():
+    "An infinite loss is not an overflow the scaler can fix (that is infinite *gradients*, tested above): the run stops."
+    from miniai.guards import DivergedError
     model = tiny_lin()
     mp = MixedPrecisionCB(torch.float16)
     learn = TrainLearner(model, DLs(lin_batches(1)), lambda p, y: F.cross_entropy(p, y) * math.inf, lr=0.5, cbs=[mp])
     before = params_of(model)
-    learn.fit(1, valid=False)
+    with pytest.raises(DivergedError, match='loss is inf'): learn.fit(1, valid=False)
     for a, b in zip(before, params_of(model)): assert torch.equal(a, b)
-    assert mp.scaler.get_scale() == 32768.0
 
 
 def test_fp16_validation_not_scaled():

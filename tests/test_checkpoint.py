@@ -103,7 +103,7 @@ def test_a_failed_write_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
         open(f, 'wb').write(b'half a file')
         raise OSError('disk full')
     monkeypatch.setattr(torch, 'save', broken)
-    with pytest.raises(OSError): atomic_save({'a': torch.zeros(2)}, fn)
+    with pytest.raises(CheckpointError, match='disk full.*previous c.pth is intact'): atomic_save({'a': torch.zeros(2)}, fn)
     monkeypatch.undo()
     assert torch.equal(load_file(fn)['a'], torch.ones(2)) and list(tmp_path.iterdir()) == [fn]
 
@@ -165,3 +165,120 @@ def test_rng_states_round_trip():
     set_rng_states(st)
     b = (torch.rand(3), random.random(), np.random.rand())
     assert torch.equal(a[0], b[0]) and a[1:] == b[1:]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Faults and misuse around checkpoints (issue 12)
+
+def _checkpointed(tmp_path, n_epochs=2, **kwargs):
+    "A learner that ran `n_epochs` of `N_EPOCHS` with a CheckpointCB, then was interrupted: its checkpoint file."
+    dls = fashion_mnist_dls(bs=1024)
+    learn = make_learner(dls, **kwargs)
+    with pytest.raises(KeyboardInterrupt): learn.fit(N_EPOCHS, cbs=[CheckpointCB(tmp_path/'c.pth'), CtrlC(n_epochs, 1)])
+    return tmp_path/'c.pth'
+
+def test_resume_with_another_optimizer_is_refused(tmp_path):
+    fn = _checkpointed(tmp_path)
+    learn = make_learner(fashion_mnist_dls(bs=1024))
+    learn.opt_func = optim.SGD
+    with pytest.raises(CheckpointError, match='saved by a run with a AdamW optimizer.*makes a SGD'): learn.resume(fn)
+
+def test_resume_past_the_end_of_a_one_cycle_schedule_is_refused(tmp_path):
+    fn = _checkpointed(tmp_path)
+    with pytest.raises(CheckpointError, match=r"OneCycleLR schedule has \d+ steps.*can't be extended"):
+        make_learner(fashion_mnist_dls(bs=1024)).resume(fn, n_epochs=N_EPOCHS + 2)
+
+def test_resume_with_another_batch_size(tmp_path):
+    fn = _checkpointed(tmp_path)
+    with pytest.raises(CheckpointError, match='schedule has'):  # the per-batch schedule no longer fits
+        make_learner(fashion_mnist_dls(bs=512)).resume(fn)
+    def plain(bs):
+        metrics = MetricsCB(); metrics._log = lambda d: None
+        return TrainLearner(cnn(), fashion_mnist_dls(bs=bs), F.cross_entropy, lr=1e-2, opt_func=optim.AdamW, cbs=[metrics])
+    with pytest.raises(KeyboardInterrupt): plain(1024).fit(N_EPOCHS, cbs=[CheckpointCB(tmp_path/'p.pth'), CtrlC(1, 1)])
+    with pytest.warns(UserWarning, match="batches per epoch.*won't reproduce"): plain(512).resume(tmp_path/'p.pth')
+
+def test_fp16_resume_restores_the_loss_scale(tmp_path):
+    from miniai.accel import MixedPrecisionCB
+    dls = fashion_mnist_dls(bs=1024)
+    mp = MixedPrecisionCB(torch.float16)
+    learn = make_learner(dls)
+    learn.cbs.append(mp)
+    learn.fit(2, cbs=CheckpointCB(tmp_path/'c.pth'))
+    mp.scaler.update(123.0)  # a scale no fresh scaler starts from, as after some overflows
+    from miniai.checkpoint import checkpoint
+    learn.epoch = 0
+    ck = checkpoint(learn)
+    assert ck['cbs']['MixedPrecisionCB']['scaler']['scale'] == 123.0
+    atomic_save(ck, tmp_path/'c.pth')
+    seen = []
+    class Look(Callback):
+        order = 200
+        def before_batch(self, learn): seen.append(mp2.scaler.get_scale())
+    mp2 = MixedPrecisionCB(torch.float16)
+    again = make_learner(dls)
+    again.cbs.append(mp2)
+    again.resume(tmp_path/'c.pth', n_epochs=2, cbs=Look())
+    assert seen[0] == 123.0
+
+def test_checkpoint_path_that_is_a_folder_is_refused_at_once(tmp_path):
+    with pytest.raises(IsADirectoryError, match='is a folder'): CheckpointCB(tmp_path)
+    cb = CheckpointCB(tmp_path/'later')
+    (tmp_path/'later').mkdir()
+    learn = make_learner(fashion_mnist_dls(bs=1024))
+    with pytest.raises(IsADirectoryError): learn.fit(1, cbs=cb)
+    assert learn.metrics.history == []  # refused before any training
+
+def test_checkpoint_under_a_file_is_refused(tmp_path):
+    (tmp_path/'f').write_text('x')
+    with pytest.raises(NotADirectoryError, match='not a folder'): CheckpointCB(tmp_path/'f'/'c.pth')
+
+def test_stale_temporary_files_of_a_killed_save_are_removed(tmp_path):
+    import subprocess, sys
+    dead = subprocess.Popen([sys.executable, '-c', 'pass']); dead.wait()  # a pid that no longer runs
+    stale = tmp_path/f'.c.pth.tmp{dead.pid}'
+    stale.write_bytes(b'half a checkpoint')
+    live = tmp_path/f'.c.pth.tmp{os.getppid()}'  # a live process's save in progress: left alone
+    live.write_bytes(b'in progress')
+    atomic_save({'a': torch.ones(1)}, tmp_path/'c.pth')
+    assert not stale.exists() and live.exists()
+
+def test_file_size_limit_during_a_save_keeps_the_last_good_file(tmp_path):
+    "A real write failure (RLIMIT_FSIZE, as a full disk does), in a subprocess: a clear error, the old file intact."
+    import subprocess, sys, textwrap
+    fn = tmp_path/'c.pth'
+    atomic_save({'a': torch.ones(10)}, fn)
+    good = fn.read_bytes()
+    code = textwrap.dedent(f'''
+        import resource, torch
+        from miniai.checkpoint import atomic_save, CheckpointError
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+        try: atomic_save({{'a': torch.zeros(100_000)}}, {str(fn)!r})
+        except CheckpointError as e: print('CLEAR:', e); raise SystemExit(3)
+    ''')
+    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 3, r.stderr
+    assert 'file-size limit' in r.stdout and 'previous c.pth is intact' in r.stdout
+    assert fn.read_bytes() == good and sorted(p.name for p in tmp_path.iterdir()) == ['c.pth']
+
+def test_kill_during_checkpointing_leaves_a_loadable_file(tmp_path):
+    "kill -9 while a process saves checkpoints in a loop: the file is always a complete one."
+    import signal, subprocess, sys, textwrap, time
+    fn = tmp_path/'c.pth'
+    code = textwrap.dedent(f'''
+        import torch
+        from miniai.checkpoint import atomic_save
+        i = 0
+        while True:
+            atomic_save({{'i': torch.tensor(i), 'w': torch.randn(200_000)}}, {str(fn)!r}); i += 1
+    ''')
+    p = subprocess.Popen([sys.executable, '-c', code])
+    try:
+        t0 = time.time()
+        while not fn.exists() and time.time() - t0 < 60: time.sleep(0.05)
+        time.sleep(0.5)
+    finally:
+        p.send_signal(signal.SIGKILL); p.wait()
+    assert load_file(fn)['w'].shape == (200_000,)
+    atomic_save({'i': torch.tensor(-1)}, fn)  # the next save cleans up what the killed one left
+    assert sorted(q.name for q in tmp_path.iterdir()) == ['c.pth']

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torcheval.metrics import MulticlassAccuracy
 
 def _has_accelerate():
@@ -75,7 +76,8 @@ def test_ranks_agree(two_procs):
     out, output, (r0, r1) = two_procs
     assert (r0['rank'], r0['world'], r1['rank'], r1['world']) == (0, 2, 1, 2)
     for k in r0['state']: torch.testing.assert_close(r0['state'][k], r1['state'][k], rtol=0, atol=0)
-    assert r0['history'] == r1['history']  # metrics gathered over all processes: the same everywhere
+    assert r0['history'] and r1['history'] is None  # the other processes' fits are quiet: no metrics of their own
+    torch.testing.assert_close(r0['preds'], r1['preds'])  # but they took part in gathering the same predictions
     # only the main process prints (one train and one eval line) and writes files
     assert sum(l.startswith("{'accuracy'") for l in output.splitlines()) == 2, output
     assert (out/'ck.pth').is_file() and (out/'model.pth').is_file()
@@ -120,3 +122,15 @@ def test_without_accelerate_says_how_to_install(monkeypatch):
     monkeypatch.setattr(builtins, '__import__', no_accelerate)
     from miniai.distributed import AccelerateCB
     with pytest.raises(ImportError, match=r'pip install -e "\.\[distributed\]"'): AccelerateCB()
+
+
+@needs_accelerate
+def test_other_processes_refuse_loud_callbacks_unless_quiet(monkeypatch):
+    "On a process other than the main one, AccelerateCB refuses callbacks with side effects; to_distributed makes fits quiet."
+    from miniai.distributed import AccelerateCB
+    from miniai.learner import Learner, MetricsCB, TrainCB
+    monkeypatch.setattr(AccelerateCB, 'is_main', property(lambda self: False))
+    cb = AccelerateCB(cpu=True)
+    learn = Learner(nn.Linear(2, 2), None, F.mse_loss, cbs=[TrainCB(), MetricsCB()])
+    with pytest.raises(RuntimeError, match=r'not the main one.*MetricsCB.*to_distributed\(\)'): cb._check_quiet(learn)
+    with learn.quiet(): cb._check_quiet(learn)  # a quiet fit has no such callbacks

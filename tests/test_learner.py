@@ -21,6 +21,7 @@ from torch import nn, optim
 
 from miniai.learner import *  # first: it silences torcheval's import-time deprecation warning
 from miniai.learner import def_device
+from miniai.guards import BatchError, DivergenceCB
 from torcheval.metrics import MulticlassAccuracy
 
 
@@ -177,7 +178,8 @@ def test_fit_callbacks_are_temporary():
         def before_fit(self, learn): seen.append(list(learn.cbs))
     look = Look()
     learn.fit(1, cbs=[tmp1, look])
-    assert seen == [[train_cb, tmp1, look]]
+    assert seen[0][:3] == [train_cb, tmp1, look] and len(seen) == 1
+    assert len(seen[0]) == 4 and type(seen[0][3]).__name__ == 'DivergenceCB'  # the default guard, for this fit only
     assert tmp1.events[0] == 'before_fit' and tmp1.events[-1] == 'cleanup_fit'
     assert list(learn.cbs) == [train_cb] and user_list == [train_cb]
     learn.fit(1, cbs=tmp2)  # a single callback, not in a list
@@ -198,7 +200,8 @@ def test_fit_callbacks_are_removed_when_the_fit_raises():
     train_cb = TrainCB()
     learn = Learner(Boom(), reg_dls(), F.mse_loss, cbs=[train_cb])
     tmp = EventLog()
-    with pytest.raises(ValueError, match='boom in forward'): learn.fit(2, cbs=[tmp])
+    with pytest.raises(BatchError, match='boom in forward') as ei: learn.fit(2, cbs=[tmp])
+    assert isinstance(ei.value.__cause__, ValueError)
     assert list(learn.cbs) == [train_cb]
     assert tmp.events == ['before_fit', 'before_epoch', 'before_batch', 'cleanup_batch', 'cleanup_epoch', 'cleanup_fit']
 

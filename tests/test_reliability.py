@@ -18,6 +18,7 @@ from torch import nn
 from torch.optim import lr_scheduler
 
 from miniai.learner import *
+from miniai.guards import BatchError, DivergedError
 from miniai.activations import ActivationStats, Hooks
 from miniai.datasets import DataFileError, read_idx, write_idx
 from miniai.sgd import BatchSchedCB
@@ -127,8 +128,8 @@ def test_bad_old_style_callback_signature():
         def before_fit(self): self.learn = None
     with pytest.raises(TypeError, match=r'Old\.before_fit takes no arguments.*def before_fit\(self, learn\)'):
         learner(cbs=[Old()]).fit(1)
-    with pytest.raises(TypeError, match=r'def after_batch\(self, learn\)'):
-        run_cbs([type('O', (Callback,), {'after_batch': lambda self: None})()], 'after_batch', object())
+    with pytest.raises(TypeError, match=r'def after_batch\(self, learn\)'):  # caught when the fit starts, before any batch
+        learner(cbs=[type('O', (Callback,), {'after_batch': lambda self: None})()]).fit(1)
 
 
 def test_a_type_error_inside_a_good_callback_is_not_misreported():
@@ -222,7 +223,7 @@ def test_keyboard_interrupt_leaves_the_learner_usable(mode, capsys):
     assert list(learn.cbs) == base               # temporary callbacks removed
     assert no_hooks(learn.model)                 # hooks removed
     assert learn.model.training == mode          # train/eval mode as before the fit
-    assert not prog.finished and torch.is_grad_enabled()
+    assert prog.mbar is None and torch.is_grad_enabled()  # the bars were closed
     learn.fit(1)                                 # and the next fit works
     assert [h['epoch'] for h in metrics.history] == [0, 0]
 
