@@ -13,7 +13,7 @@ from torch import nn
 from .learner import *
 
 # %% auto #0
-__all__ = ['cpu_has_fast_bf16', 'machine_info', 'MixedPrecisionCB', 'ChannelsLastCB']
+__all__ = ['cpu_has_fast_bf16', 'cpu_features', 'fast_dtype', 'machine_info', 'MixedPrecisionCB', 'ChannelsLastCB']
 
 # %% ../nbs/11a_accel.ipynb #p11a0cde
 from fastcore.basics import patch
@@ -27,6 +27,25 @@ def cpu_has_fast_bf16() -> bool:
 def _model_device(model):
     p = next(iter(model.parameters()), None)
     return p.device.type if p is not None else 'cpu'
+
+# %% ../nbs/11a_accel.ipynb #c11afeat
+def cpu_features() -> dict:
+    "What this CPU offers for training: PyTorch's kernel level (`AVX512`, `AVX2`...), native bfloat16, AMX tiles."
+    try: flags = set(next(l.split(':', 1)[1].split() for l in open('/proc/cpuinfo') if l.startswith('flags')))
+    except (OSError, StopIteration): flags = set()
+    return {'capability': torch.backends.cpu.get_cpu_capability(), 'bf16': cpu_has_fast_bf16(), 'amx': 'amx_bf16' in flags}
+
+def fast_dtype(device='cpu'):
+    "The autocast dtype that is fast on `device` (None: stay in float32), and the reason, as (dtype, reason)."
+    if device == 'cuda':
+        major = torch.cuda.get_device_capability()[0]
+        return (torch.bfloat16, 'the GPU has native bfloat16') if major >= 8 else (torch.float16, 'the GPU predates bfloat16: float16 with loss scaling')
+    if device == 'cpu':
+        f = cpu_features()
+        kind = f"{f['capability']}{' + AMX' if f['amx'] else ''}"
+        if f['bf16']: return torch.bfloat16, f"this CPU ({kind}) has native bfloat16 instructions"
+        return None, f"this CPU ({kind}) has no native bfloat16 instructions, so bfloat16 would be slower than float32"
+    return None, f"no mixed precision known to pay on '{device}'"
 
 # %% ../nbs/11a_accel.ipynb #4c715e69
 def machine_info() -> str:
@@ -43,24 +62,25 @@ def machine_info() -> str:
 class MixedPrecisionCB(Callback):
     "Run forward and loss under `torch.autocast` in `dtype` (bf16 or fp16; fp16 with loss scaling)."
     order = 10  # after DeviceCB, so the model is already on its device
-    def __init__(self, dtype=None):
+    def __init__(self, dtype=None, verbose=False):
         if dtype not in (None, torch.bfloat16, torch.float16):
             raise ValueError(f"MixedPrecisionCB: dtype must be torch.bfloat16, torch.float16 or None (choose for me), got {dtype}.")
         self.dtype, self.scaler, self.autocast = dtype, None, None  # (what the cleanups read, also when before_fit never ran)
+        self.verbose, self.announced = verbose, False
 
     def _pick_dtype(self, device):
-        if self.dtype is not None: return self.dtype
-        if device == 'cuda': return torch.bfloat16 if torch.cuda.get_device_capability()[0] >= 8 else torch.float16  # native bf16: Ampere on
-        if device == 'cpu' and cpu_has_fast_bf16(): return torch.bfloat16
-        if device == 'cpu':
-            warnings.warn("MixedPrecisionCB: this CPU has no native bfloat16 instructions, so mixed precision would be "
-                          "slower than float32; training in float32 instead. Pass dtype=torch.bfloat16 to force it.")
-        else: warnings.warn(f"MixedPrecisionCB: no mixed precision support known for device '{device}'; training in float32.")
-        return None
+        if self.dtype is not None: return self.dtype, f"{str(self.dtype).replace('torch.', '')}, as asked"
+        dtype, why = fast_dtype(device)
+        if dtype is None and device == 'cpu' and not self.verbose:
+            warnings.warn(f"MixedPrecisionCB: training in float32: {why}. Pass dtype=torch.bfloat16 to force it.")
+        return dtype, why
 
     def before_fit(self, learn):
         self.device = _model_device(learn.model)
-        self.active_dtype = self._pick_dtype(self.device)
+        self.active_dtype, self.reason = self._pick_dtype(self.device)
+        if self.verbose and not self.announced:
+            print(f"to_fast: {str(self.active_dtype or 'float32').replace('torch.', '')} on {self.device} ({self.reason})")
+            self.announced = True
         self.scaler = torch.amp.GradScaler(self.device) if self.active_dtype == torch.float16 else None
         self.autocast = None
 
@@ -127,9 +147,9 @@ class ChannelsLastCB(Callback):
 
 # %% ../nbs/11a_accel.ipynb #0f335d72
 @patch
-def to_fast(self:Learner, dtype=None, channels_last=True):
+def to_fast(self:Learner, dtype=None, channels_last=True, verbose=True):
     "Add mixed precision (bf16 where fast, see `MixedPrecisionCB`) and, for conv nets, channels-last to this learner."
     self.cbs = [cb for cb in self.cbs if not isinstance(cb, (MixedPrecisionCB, ChannelsLastCB))]
-    self.cbs.append(MixedPrecisionCB(dtype))
+    self.cbs.append(MixedPrecisionCB(dtype, verbose=verbose))
     if channels_last: self.cbs.append(ChannelsLastCB())
     return self

@@ -67,6 +67,10 @@ class HooksCallback(Callback):
     "Hook `hookfunc` onto the modules `mods`, or those of the model that `mod_filter` selects, for the length of a fit."
     side_effects = True  # records statistics: a quiet pass leaves it out
     def __init__(self, hookfunc, mod_filter=fc.noop, on_train=True, on_valid=False, mods=None):
+        if isinstance(mod_filter, type):
+            raise TypeError(f"mod_filter is the class {mod_filter.__name__}: pass a function that picks modules, e.g. "
+                            f"fc.risinstance(nn.{mod_filter.__name__}).")
+        if isinstance(mods, nn.Module): mods = [mods]  # one module is a list of one
         fc.store_attr()
         self.hooks = Hooks([], hookfunc)
 

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from .learner import *
+from . import guards
 
 # %% auto #0
 __all__ = ['CheckpointError', 'atomic_save', 'check_writable', 'remove_stale_temps', 'load_file', 'rng_states', 'set_rng_states',
@@ -64,6 +65,7 @@ def remove_stale_temps(fn):
 def load_file(fn):
     "Load a file written by `atomic_save`/`torch.save` onto the CPU with `weights_only=True`, explaining any failure."
     fn = Path(fn)
+    if fn.is_dir(): raise IsADirectoryError(f"{fn} is a folder: give the file in it, e.g. {fn/'checkpoint.pth'}.")
     if not fn.is_file():
         there = sorted(p.name for p in fn.parent.glob('*.pth')) if fn.parent.is_dir() else []
         raise FileNotFoundError(f"No checkpoint or saved model at {fn}." + (f" That folder has: {', '.join(there)}." if there else ""))
@@ -158,10 +160,9 @@ class CheckpointCB(Callback):
     "Save a checkpoint to `path` after every `every` epochs, atomically; on interruption save the moment to `*-interrupted.pth`."
     order = 100
     side_effects = True  # writes files
-    def __init__(self, path='checkpoint.pth', every=1):
-        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-            raise ValueError(f"CheckpointCB: every must be a positive whole number of epochs, got {every!r}.")
-        self.path, self.every = check_writable(path), every
+    def __init__(self, path='checkpoint.pth', every=1, overwrite=False):
+        self.every = guards.check_number('CheckpointCB', 'every', every, lo=1, whole=True)
+        self.path, self.overwrite, self.wrote = check_writable(path), overwrite, False
         self.finished, self.trained = False, False  # what cleanup_fit reads, also when before_fit never ran
 
     @property
@@ -169,6 +170,11 @@ class CheckpointCB(Callback):
 
     def before_fit(self, learn):
         check_writable(self.path)  # at once: not after an epoch's training
+        resuming = any(isinstance(cb, _RestoreCB) for cb in learn.cbs)
+        if self.path.exists() and not (self.overwrite or self.wrote or resuming):
+            raise FileExistsError(f"{self.path} already holds a checkpoint, of another run: continue that run with "
+                                  f"`learn.resume({str(self.path)!r})`, start over with CheckpointCB(..., overwrite=True), "
+                                  "or give this run another path.")
         self.finished, self.trained = False, False
     def after_batch(self, learn):
         if learn.training: self.trained = True
@@ -176,7 +182,9 @@ class CheckpointCB(Callback):
     def after_epoch(self, learn):
         if not learn.do_train or (learn.training and learn.do_valid): return  # the epoch isn't over yet
         e = learn.epoch
-        if (e + 1) % self.every == 0 or e + 1 == learn.n_epochs: atomic_save(checkpoint(learn), self.path)
+        if (e + 1) % self.every == 0 or e + 1 == learn.n_epochs:
+            atomic_save(checkpoint(learn), self.path)
+            self.wrote = True
 
     def after_fit(self, learn): self.finished = True
 
@@ -244,6 +252,7 @@ def _read_checkpoint(path):
 @patch
 def resume(self:Learner, path='checkpoint.pth', n_epochs=None, cbs=None, **kwargs):
     "Continue the run checkpointed at `path`, to `n_epochs` (default: the original run's); `cbs` and `kwargs` go to `fit`."
+    if n_epochs is not None: guards.check_epochs(n_epochs)
     ck = _read_checkpoint(path)
     if not ck['complete']:
         raise CheckpointError(f"{path} was saved part-way through epoch {ck['epoch']}, so a run can't resume from it exactly: "
@@ -260,7 +269,7 @@ def resume(self:Learner, path='checkpoint.pth', n_epochs=None, cbs=None, **kwarg
 # %% ../nbs/09b_checkpoint.ipynb #48b3bc9e
 def _model_file(name, path):
     fn = Path(path)/name
-    return fn if fn.suffix else fn.with_suffix('.pth')
+    return fn if fn.suffix in ('.pth', '.pt') else fn.with_name(fn.name + '.pth')
 
 @patch
 def save(self:Learner, name, path='models', with_opt=False):

@@ -14,6 +14,7 @@ from .learner import *
 from .datasets import TensorLoader, DataLoaders
 from .accel import MixedPrecisionCB
 from .checkpoint import CheckpointCB
+from .sgd import BaseSchedCB, AutoAnnealCB
 
 # %% auto #0
 __all__ = ['get_accelerator', 'DistLoader', 'AccelerateCB']
@@ -56,9 +57,8 @@ class DistLoader:
         return torch.randperm(n, generator=g)
 
     def __iter__(self):
-        idx, B = self.global_order(), self.dl.bs
-        for i in range(len(self)):
-            b = idx[i*B:(i+1)*B]
+        idx = self.global_order()
+        for b in self.dl.batch_idxs(idx):  # the loader's own batches (its last one may hold bs+1 items)
             self.n_real = len(b)
             if len(b) % self.world:  # pad to a multiple of the number of processes, from the start of the epoch
                 pad = self.world - len(b) % self.world
@@ -68,6 +68,8 @@ class DistLoader:
             yield self.dl.normalise(self.dl.x[mine]), self.dl.y[mine]
 
 # %% ../nbs/15_distributed.ipynb #e357b5e9
+_every_process = (BaseSchedCB, AutoAnnealCB)  # they change the learning rate, which every process must follow alike
+
 class _UndoCB(Callback):
     "Runs last at the end of a fit: undoes what `AccelerateCB` changed on other objects, once they are done with it."
     order = 10_000
@@ -134,7 +136,7 @@ class AccelerateCB(Callback):
         learn.cbs.append(_UndoCB(undo))
 
     def _check_quiet(self, learn):
-        loud = [type(cb).__name__ for cb in learn.cbs if getattr(cb, 'side_effects', False)]
+        loud = [type(cb).__name__ for cb in learn.cbs if getattr(cb, 'side_effects', False) and not isinstance(cb, _every_process)]
         if loud and not self.is_main:
             raise RuntimeError(f"AccelerateCB: process {self.rank} is not the main one, but the fit has callbacks with side "
                                f"effects ({', '.join(loud)}), which would print and write files once per process: set the "
@@ -180,10 +182,10 @@ class AccelerateCB(Callback):
 
 # %% ../nbs/15_distributed.ipynb #4f93d3e3
 def _quiet_fit(learn):
-    "`learn.fit`, run as a quiet pass (`learn.quiet()`): for the processes other than the main one."
+    "`learn.fit`, run as a quiet pass (`learn.quiet()`) that keeps the schedulers: for the processes other than the main one."
     fit = type(learn).fit
     def _fit(*args, **kwargs):
-        with learn.quiet(): return fit(learn, *args, **kwargs)
+        with learn.quiet(keep=_every_process): return fit(learn, *args, **kwargs)
     return _fit
 
 @patch

@@ -77,6 +77,8 @@ def conv(ni, nf, ks=3, stride=2, act=nn.ReLU, norm=None, bias=None):
 def get_model(act=nn.ReLU, nfs=None, norm=None):
     "Stride-2 `conv` blocks with `act` and `norm` through channel counts `nfs`, then a bare conv to 10 logits, flattened."
     if nfs is None: nfs = [1, 8, 16, 32, 64]
+    if isinstance(act, nn.Module): raise TypeError(f"get_model: act must make a new activation for each layer: pass the class "
+                                                  f"(nn.{type(act).__name__}) or a partial, not the instance {act}.")
     layers = [conv(ni, nf, act=act, norm=norm) for ni, nf in zip(nfs, nfs[1:])]
     return nn.Sequential(*layers, conv(nfs[-1], 10, act=None, norm=False, bias=True), nn.Flatten()).to(def_device)
 
@@ -111,6 +113,7 @@ def _lsuv_step(m_in, mean, std):
 def lsuv_init(model, m, m_in, xb, tol=1e-3, max_iter=50):
     "Shift `m_in`'s bias and scale its weight until module `m`'s output for `model(xb)` has mean 0 and std 1 (within `tol`)."
     if getattr(m_in, 'bias', None) is None: raise ValueError(f'LSUV needs a bias on {m_in} to move the mean; build it with bias=True.')
+    if len(xb) < 2: raise ValueError(f'LSUV needs a batch of several items to measure a standard deviation; xb has {len(xb)}.')
     h = Hook(m, _mean_std)
     try:
         with torch.no_grad():

@@ -162,7 +162,7 @@ class Learner:
 # %% ../nbs/09_learner.ipynb #a19c561a
 class TrainCB(Callback):
     "The basic training steps; the first `n_inp` items of a batch go to the model, the rest to the loss."
-    def __init__(self, n_inp=1): self.n_inp = n_inp
+    def __init__(self, n_inp=1): self.n_inp = guards.check_number('TrainCB', 'n_inp', n_inp, lo=1, whole=True)
     def before_fit(self, learn): learn.n_inp = self.n_inp
     def cleanup_fit(self, learn): learn.__dict__.pop('n_inp', None)  # back to the class default once this fit is over
     def predict(self, learn): learn.preds = learn.model(*learn.batch[:self.n_inp])
@@ -182,7 +182,8 @@ class MetricsCB(Callback):
     "Update torcheval metrics `ms`/`metrics` and the mean loss every batch; report them per train and valid epoch."
     side_effects = True  # keeps `history` and prints
     def __init__(self, *ms, **metrics):
-        for o in ms: metrics[type(o).__name__] = o
+        for o in ms: metrics[getattr(o, '__name__', type(o).__name__)] = o
+        guards.check_metrics(metrics)
         self.metrics = metrics
         self.all_metrics = {**metrics, 'loss': Mean()}
         self.history, self.n_batches = [], 0
@@ -202,7 +203,8 @@ class MetricsCB(Callback):
         self.n_batches += 1
         x, y = learn.batch[0], learn.batch[learn.n_inp]
         preds = to_cpu(learn.preds)
-        for m in self.metrics.values(): m.update(preds, to_cpu(y))
+        for k, m in self.metrics.items():
+            with guards.explain_metric(k, m, preds, y): m.update(preds, to_cpu(y))
         self.loss.update(to_cpu(learn.loss), weight=len(x))
 
     def after_epoch(self, learn):
@@ -301,7 +303,7 @@ class TrainLearner(Learner):
 class MomentumLearner(TrainLearner):
     "`TrainLearner` that keeps a fraction `mom` of each gradient instead of zeroing it: momentum."
     def __init__(self, model, dls, loss_func, lr=None, cbs=None, opt_func=optim.SGD, mom=0.85):
-        self.mom = mom
+        self.mom = guards.check_number('MomentumLearner', 'mom', mom, lo=0)
         super().__init__(model, dls, loss_func, lr, cbs, opt_func)
 
     def zero_grad(self):
@@ -312,10 +314,10 @@ class MomentumLearner(TrainLearner):
 # %% ../nbs/09_learner.ipynb #q1a2b3c5
 @patch
 @contextmanager
-def quiet(self:Learner, valid=None):
-    "Within the block, leave out the callbacks with side effects; with `valid`, use it as the validation loader."
+def quiet(self:Learner, valid=None, keep=()):
+    "Within the block, leave out the callbacks with side effects (but those of the types `keep`); `valid` for validation."
     cbs, dls = self.cbs, self.dls
-    self.cbs = fc.L(cb for cb in cbs if not getattr(cb, 'side_effects', False))
+    self.cbs = fc.L(cb for cb in cbs if not getattr(cb, 'side_effects', False) or isinstance(cb, keep))
     if valid is not None: self.dls = DataLoaders(getattr(dls, 'train', None), valid)
     try: yield self
     finally: self.cbs, self.dls = cbs, dls
@@ -325,7 +327,8 @@ class LRFinderCB(Callback):
     "Multiply the LR by `gamma` after each training batch, recording losses; stop when the loss passes `max_mult` times its minimum."
     side_effects = True  # changes the learning rate
     def __init__(self, gamma=1.3, max_mult=3):
-        fc.store_attr()
+        self.gamma = guards.check_number('LRFinderCB', 'gamma', gamma, lo=1, lo_open=True)
+        self.max_mult = guards.check_number('LRFinderCB', 'max_mult', max_mult, lo=1, lo_open=True)
         self.lrs, self.losses, self.exploded = [], [], False
 
     def before_fit(self, learn):
@@ -379,8 +382,9 @@ class LRFindResult(fc.GetAttr):
 @patch
 def lr_find(self:Learner, gamma=1.3, max_mult=3, start_lr=1e-5, max_epochs=10):
     "Grow the LR from `start_lr` by `gamma` each batch until the loss explodes; plot loss against LR, restore the weights."
-    state = copy.deepcopy(self.model.state_dict())
     finder = LRFinderCB(gamma=gamma, max_mult=max_mult)
+    guards.check_number('lr_find', 'max_epochs', max_epochs, lo=1, whole=True)
+    state = copy.deepcopy(self.model.state_dict())
     try:
         with self.quiet(): self.fit(max_epochs, lr=start_lr, valid=False, cbs=finder)
     finally:

@@ -90,11 +90,15 @@ def _describe(f):
 
 class BaseSchedCB(Callback):
     "Create a scheduler with `sched(learn.opt)` before each fit; subclasses call `_step` when it should move."
+    side_effects = True  # changes the learning rate: a quiet pass (the LR finder's) must not have it
     def __init__(self, sched): self.sched = sched
 
     def before_fit(self, learn):
+        if not hasattr(learn.opt, 'param_groups'):
+            raise TypeError(f"{type(self).__name__}: schedulers change an optimizer's `param_groups`, which this fit's "
+                            f"{type(learn.opt).__name__} doesn't have: use a torch.optim optimizer (e.g. opt_func=optim.SGD).")
         try: self.schedo = self.sched(learn.opt)
-        except (TypeError, ValueError) as e:
+        except Exception as e:
             kind = TypeError if isinstance(e, TypeError) else ValueError
             raise kind(f"{type(self).__name__} could not create its scheduler: {_describe(self.sched)}(optimizer) "
                        f"raised {type(e).__name__}: {e}. Pass a callable that takes the optimizer as its only "
@@ -104,12 +108,14 @@ class BaseSchedCB(Callback):
     def _check_length(self, learn):
         "A schedule of fixed length (1cycle's `total_steps`) shorter than the fit would fail at its end: refuse it now."
         total = getattr(self.schedo, 'total_steps', None)
-        try: n = len(learn.dls.train) * len(learn.epochs)
-        except TypeError: return  # a loader without a length: nothing to compare
-        if learn.do_train and isinstance(total, int) and isinstance(self, BatchSchedCB) and n > total:
+        if not (learn.do_train and isinstance(total, int)): return
+        if isinstance(self, EpochSchedCB): n, unit = len(learn.epochs), 'epochs'
+        else:
+            try: n, unit = len(learn.dls.train) * len(learn.epochs), f'batches ({len(learn.epochs)} epochs of {len(learn.dls.train)})'
+            except TypeError: return  # a loader without a length: nothing to compare
+        if n > total:
             raise ValueError(f"{type(self).__name__}: the {type(self.schedo).__name__} schedule has {total} steps, but this fit "
-                             f"takes {n} ({len(learn.epochs)} epochs of {len(learn.dls.train)} batches): make the schedule "
-                             "with total_steps=len(dls.train)*n_epochs.")
+                             f"takes {n} {unit}: make the schedule with total_steps={'n_epochs' if unit == 'epochs' else 'len(dls.train)*n_epochs'}.")
 
     def _step(self, learn):
         if learn.training: self.schedo.step()
@@ -129,7 +135,10 @@ class HasLearnCB(Callback):
 class RecorderCB(HasLearnCB):
     "After each training batch, append `f(self)` to `self.recs[name]` for each `name=f` given; `plot` draws them."
     side_effects = True  # records
-    def __init__(self, **d): self.d = d
+    def __init__(self, **d):
+        for k, f in d.items():
+            if not callable(f): raise TypeError(f"RecorderCB: {k}={f!r} must be a function of the callback, e.g. `lr=lambda cb: cb.pg['lr']`.")
+        self.d, self.recs = d, {}
 
     def before_fit(self, learn):
         super().before_fit(learn)
@@ -141,6 +150,7 @@ class RecorderCB(HasLearnCB):
         for k, f in self.d.items(): self.recs[k].append(f(self))
 
     def plot(self, figsize=None):
+        if not self.recs: raise ValueError("RecorderCB: nothing recorded yet: fit with this callback first.")
         n = len(self.recs)
         fig, axs = plt.subplots(1, n, figsize=figsize or (4.5*n, 3.5), squeeze=False)
         for ax, (k, v) in zip(axs.flat, self.recs.items()): ax.plot(v); ax.set_title(k); ax.set_xlabel('batch')
@@ -276,6 +286,7 @@ class OneCycleSched(Sched):
 class AutoAnnealCB(Callback):
     "Divide the LR by `div` when the mean squared gradient norm of `every` batches falls to `ratio` times the lowest seen."
     order = 11  # after MixedPrecisionCB has unscaled fp16 gradients
+    side_effects = True  # changes the learning rate
     def __init__(self, div=4., ratio=0.5, every=None): fc.store_attr()
 
     def before_fit(self, learn):

@@ -401,3 +401,24 @@ def test_machine_info_one_line():
     s = machine_info()
     assert isinstance(s, str) and '\n' not in s
     assert f'torch {torch.__version__}' in s and 'core' in s
+
+
+def test_fast_dtype_says_why(monkeypatch):
+    "The path follows the processor: bf16 where it is native, float32 elsewhere, each with its reason."
+    monkeypatch.setattr(accel, 'cpu_has_fast_bf16', lambda: True)
+    dtype, why = fast_dtype('cpu')
+    assert dtype == torch.bfloat16 and 'native bfloat16' in why and cpu_features()['capability'] in why
+    monkeypatch.setattr(accel, 'cpu_has_fast_bf16', lambda: False)
+    dtype, why = fast_dtype('cpu')
+    assert dtype is None and 'slower than float32' in why
+    assert fast_dtype('mps')[0] is None
+
+
+def test_to_fast_prints_its_choice_once(monkeypatch, capsys):
+    monkeypatch.setattr(accel, 'cpu_has_fast_bf16', lambda: False)
+    learn = TrainLearner(tiny_lin(), DLs(lin_batches(1)), F.cross_entropy, lr=0.1).to_fast(channels_last=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')  # said once, as a line, not as a warning
+        learn.fit(1); learn.fit(1)
+    out = capsys.readouterr().out
+    assert out.count('to_fast: float32 on cpu (this CPU') == 1 and 'no native bfloat16' in out

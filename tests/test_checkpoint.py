@@ -86,7 +86,7 @@ def test_checkpoint_contents_and_every(tmp_path):
     assert set(d['rng']) >= {'torch', 'python', 'numpy'}
     assert not (tmp_path/'c-interrupted.pth').exists()
     with pytest.raises(ValueError, match='already finished'): make_learner(dls).resume(ck)
-    with pytest.raises(ValueError, match='positive whole number'): CheckpointCB(ck, every=0)
+    with pytest.raises(ValueError, match='every must be a whole number >= 1'): CheckpointCB(ck, every=0)
 
 
 def test_checkpoint_after_training_when_no_validation(tmp_path):
@@ -282,3 +282,31 @@ def test_kill_during_checkpointing_leaves_a_loadable_file(tmp_path):
     assert load_file(fn)['w'].shape == (200_000,)
     atomic_save({'i': torch.tensor(-1)}, fn)  # the next save cleans up what the killed one left
     assert sorted(q.name for q in tmp_path.iterdir()) == ['c.pth']
+
+
+def test_another_runs_checkpoint_is_not_overwritten(tmp_path):
+    dls = fashion_mnist_dls(bs=1024)
+    make_learner(dls).fit(1, cbs=CheckpointCB(tmp_path/'c.pth'))
+    first = (tmp_path/'c.pth').read_bytes()
+    with pytest.raises(FileExistsError, match=r"already holds a checkpoint.*learn.resume.*overwrite=True"):
+        make_learner(dls).fit(1, cbs=CheckpointCB(tmp_path/'c.pth'))
+    assert (tmp_path/'c.pth').read_bytes() == first
+    make_learner(dls).fit(1, cbs=CheckpointCB(tmp_path/'c.pth', overwrite=True))  # when asked to
+    cb, learn = CheckpointCB(tmp_path/'d.pth'), make_learner(dls)
+    learn.fit(1, cbs=cb); learn.fit(1, cbs=cb)  # the same callback may go on writing its own file
+
+
+def test_checkpoint_every_takes_numpy_integers(tmp_path):
+    assert CheckpointCB(tmp_path/'c.pth', every=np.int64(2)).every == 2
+
+
+def test_resume_with_bad_n_epochs_and_a_folder(tmp_path):
+    learn = make_learner(fashion_mnist_dls(bs=1024))
+    with pytest.raises(ValueError, match='positive whole number of epochs'): learn.resume(tmp_path/'c.pth', n_epochs='5')
+    with pytest.raises(IsADirectoryError, match='is a folder'): learn.resume(tmp_path)
+
+
+def test_save_names_with_dots_get_pth(tmp_path):
+    learn = make_learner(fashion_mnist_dls(bs=1024))
+    assert learn.save('m.v2', path=tmp_path).name == 'm.v2.pth'
+    learn.load('m.v2', path=tmp_path)

@@ -308,3 +308,104 @@ def test_divergence_checks_a_cpu_loss_at_once_and_a_device_flag_when_it_looks():
     with pytest.raises(DivergedError, match='not finite at epoch 0, by batch 2'): cb.after_epoch(learn)
     cb.before_epoch(learn)
     cb.after_epoch(learn)  # a new epoch starts clean
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Found by a fault hunt over the first version of the guards
+
+def test_schedulers_are_left_out_of_lr_find():
+    from torch.optim.lr_scheduler import StepLR
+    learn = learner(batches=[(X, Y)]*8)
+    learn.cbs.append(BatchSchedCB(partial(StepLR, step_size=1, gamma=0.01)))
+    res = learn.lr_find(max_epochs=2)
+    assert all(b > a for a, b in zip(res.lrs, res.lrs[1:]))  # the finder's own schedule, not the StepLR's
+
+def test_mse_through_a_partial_still_checks_shapes():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 1))
+    with pytest.raises(ValueError, match='element by element'):
+        learner(model=model, loss=partial(F.mse_loss, reduction='mean'), batches=((X, Y.float()),)).fit(1)
+
+def test_metric_named_loss_class_or_non_metric_is_refused():
+    with pytest.raises(ValueError, match='`loss` is taken'): MetricsCB(loss=MulticlassAccuracy())
+    with pytest.raises(TypeError, match=r'is a class: pass an instance'): MetricsCB(accuracy=MulticlassAccuracy)
+    with pytest.raises(TypeError, match='not a metric'): MetricsCB(acc=lambda p, y: 0)
+
+def test_metric_for_another_number_of_classes_names_the_metric():
+    with pytest.raises(ValueError, match=r'metric `acc` \(MulticlassAccuracy\) failed on predictions tensor \(6, 3\)'):
+        learner(cbs=(TrainCB, lambda: MetricsCB(acc=MulticlassAccuracy(num_classes=2)))).fit(1)
+
+def test_metrics_with_tuple_predictions_say_so():
+    class Two(nn.Module):
+        def __init__(self): super().__init__(); self.m = mlp()
+        def forward(self, x): return self.m(x), self.m(x)
+    learn = learner(model=Two(), loss=lambda p, y: F.cross_entropy(p[0], y), cbs=(TrainCB, lambda: MetricsCB(acc=MulticlassAccuracy())))
+    with pytest.raises(TypeError, match='needs one tensor of predictions'): learn.fit(1)
+
+def test_lr_find_refuses_a_gamma_that_does_not_grow():
+    for g in (1.0, 0.5):
+        with pytest.raises(ValueError, match='gamma must be a number > 1'): learner().lr_find(gamma=g)
+    with pytest.raises(TypeError, match='gamma must be a number'): learner().lr_find(gamma='1.3')
+    with pytest.raises(ValueError, match='lr_find: max_epochs'): learner().lr_find(max_epochs=0)
+
+def test_fit_with_nothing_to_do_or_non_bool_flags():
+    with pytest.raises(ValueError, match='nothing to do'): learner().fit(1, train=False, valid=False)
+    with pytest.raises(TypeError, match='must be True or False'): learner().fit(1, train='no')
+
+def test_two_callbacks_implementing_the_same_step():
+    with pytest.raises(TypeError, match=r'TrainCB and TrainCB all implement `predict`'): learner(cbs=(TrainCB, TrainCB)).fit(1)
+
+def test_nothing_to_train_without_an_optimizer():
+    with pytest.raises(ValueError, match='nothing to train.*fit\\(train=False\\)'): learner(model=nn.Flatten(), opt_func=None).fit(1)
+
+def test_constructor_arguments_are_checked_where_given():
+    with pytest.raises(TypeError, match="TrainCB: n_inp must be a whole number"): TrainCB(n_inp='1')
+    with pytest.raises(ValueError, match="TrainCB: n_inp must be a whole number >= 1"): TrainCB(n_inp=0)
+    with pytest.raises(TypeError, match="MomentumLearner: mom must be a number"): MomentumLearner(mlp(), None, F.mse_loss, mom='0.9')
+    with pytest.raises(ValueError, match="DivergenceCB: every"): DivergenceCB(every=0)
+    with pytest.raises(TypeError, match="order must be a number"): learner().fit(1, cbs=type('C', (Callback,), {'order': 'first'})())
+    with pytest.raises(TypeError, match='cbs is a dict'): learner().fit(1, cbs={'m': MetricsCB()})
+
+def test_helper_methods_are_not_taken_for_misspelled_events():
+    class Helpers(Callback):
+        def after_training_report(self, learn): pass
+        def after(self, learn): pass
+        def cleanup(self): pass
+        def get_losses(self): pass
+        def backwards(self, a, b): pass
+    learner().fit(1, cbs=Helpers())
+
+def test_a_bug_in_a_predict_callback_is_not_blamed_on_the_model():
+    class MyPredict(TrainCB):
+        def predict(self, learn): learn.preds = learn.model(learn.batch[0]) + undefined_name  # noqa: F821
+    with pytest.raises(BatchError, match=r'(?s)NameError.*model itself runs on this batch'): learner(cbs=(MyPredict,)).fit(1)
+
+def test_model_and_batch_on_different_devices():
+    learn = learner(cbs=(TrainCB,))
+    learn.model.to('meta')
+    with pytest.raises(BatchError, match=r'different devices \(cpu, meta\).*DeviceCB\(\)'): learn.fit(1)
+
+def test_epoch_schedule_shorter_than_the_fit():
+    from miniai.sgd import EpochSchedCB
+    sched = partial(lr_scheduler.OneCycleLR, max_lr=0.1, total_steps=1)
+    with pytest.raises(ValueError, match='has 1 steps, but this fit takes 3 epochs'): learner().fit(3, cbs=EpochSchedCB(sched))
+
+def test_scheduler_that_fails_to_build_for_any_reason():
+    with pytest.raises(ValueError, match='could not create its scheduler'):
+        learner().fit(1, cbs=BatchSchedCB(lambda opt: 1/0))
+
+def test_lesson_sgd_with_a_scheduler_says_it_needs_param_groups():
+    from miniai.sgd import SGD
+    with pytest.raises(TypeError, match='param_groups'): learner(opt_func=SGD).fit(1, cbs=BatchSchedCB(lambda o: None))
+
+def test_recorder_and_hook_arguments():
+    with pytest.raises(TypeError, match='must be a function'): RecorderCB(lr='lr')
+    with pytest.raises(ValueError, match='nothing recorded yet'): RecorderCB(lr=lambda cb: 0).plot()
+    with pytest.raises(TypeError, match=r'fc.risinstance\(nn.Linear\)'): ActivationStats(nn.Linear)
+    from miniai.activations import HooksCallback, append_stats
+    assert len(HooksCallback(append_stats, mods=nn.Linear(2, 2)).mods) == 1
+
+def test_init_arguments():
+    from miniai.init import get_model, lsuv_init
+    with pytest.raises(TypeError, match='pass the class'): get_model(act=nn.ReLU())
+    lin = nn.Linear(4, 3)
+    with pytest.raises(ValueError, match='batch of several items'): lsuv_init(lin, lin, lin, torch.randn(1, 4))

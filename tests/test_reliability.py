@@ -140,7 +140,7 @@ def test_a_type_error_inside_a_good_callback_is_not_misreported():
 
 def test_bad_scheduler_from_opt_before_fit():
     learn = learner()
-    with pytest.raises(AttributeError, match=r'no optimizer yet.*BatchSchedCB\(partial'):
+    with pytest.raises(AttributeError, match=r"no optimizer yet.*in a callback's `before_fit`, from `learn.opt`"):
         lr_scheduler.OneCycleLR(learn.opt, max_lr=0.1, total_steps=10)
     assert not hasattr(learn, 'opt')  # still an AttributeError for hasattr
     with pytest.raises(AttributeError, match='once `fit` has started'): learn.batch
