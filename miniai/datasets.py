@@ -4,7 +4,8 @@
 
 # %% ../nbs/05_datasets.ipynb #c3b6843b
 from __future__ import annotations
-import gzip, hashlib, math, os, struct, zlib
+import gzip, hashlib, math, numbers, operator, os, shutil, struct, tempfile, warnings, zlib
+from contextlib import contextmanager
 from operator import itemgetter
 from pathlib import Path
 
@@ -15,41 +16,49 @@ import torch
 from torch.utils.data import DataLoader, default_collate
 
 # %% auto #0
-__all__ = ['CLASS_NAMES', 'IDX_FILES', 'SYSTEM_DIRS', 'HUB_NAME', 'XMEAN', 'XSTD', 'DataFileError', 'read_idx', 'write_idx',
-           'cache_dir', 'idx_files', 'sample_dir', 'quick_mode', 'find_fashion_mnist', 'fashion_mnist_tensors',
-           'load_fashion_mnist', 'inplace', 'collate_dict', 'DataLoaders', 'TensorLoader', 'fashion_mnist_dls',
-           'show_image', 'subplots', 'get_grid', 'show_images']
+__all__ = ['CLASS_NAMES', 'IDX_FILES', 'SYSTEM_DIRS', 'HUB_NAME', 'XMEAN', 'XSTD', 'DataFileError', 'read_idx', 'idx_shape',
+           'write_idx', 'cache_dir', 'idx_files', 'sample_dir', 'env_flag', 'quick_mode', 'find_fashion_mnist',
+           'fashion_mnist_tensors', 'CacheWarning', 'load_fashion_mnist', 'inplace', 'collate_dict', 'check_bs',
+           'DataLoaders', 'TensorLoader', 'fashion_mnist_dls', 'show_image', 'subplots', 'get_grid', 'show_images']
 
 # %% ../nbs/05_datasets.ipynb #473e6e66
 class DataFileError(ValueError):
     "A data file is missing, truncated or not in the format we expect."
 
 # %% ../nbs/05_datasets.ipynb #e80d9d2d
-def _read_bytes(fn):
+def _read_bytes(fn, n=-1):
+    "The bytes of `fn` (the first `n` only, if given), gunzipped when its name ends in `.gz`."
     fn = Path(fn)
     try:
-        if fn.suffix == '.gz':
-            with gzip.open(fn, 'rb') as f: return f.read()
-        return fn.read_bytes()
+        with (gzip.open(fn, 'rb') if fn.suffix == '.gz' else open(fn, 'rb')) as f: return f.read(n)
+    except PermissionError as e:
+        raise DataFileError(f"Could not read {fn}: no permission. Make it readable (chmod a+r), or copy the data elsewhere.") from e
     except (OSError, EOFError, zlib.error) as e:
         raise DataFileError(f"Could not read {fn}: {e}. The file is corrupt or truncated; delete it and fetch it again.") from e
 
 # %% ../nbs/05_datasets.ipynb #818d3bde
-def read_idx(fn) -> torch.Tensor:
-    "Read an IDX file of unsigned bytes (optionally gzipped) into a `uint8` tensor, checking its header against its length."
-    data = _read_bytes(fn)
+def _header(fn, data):
+    "The dimensions in the IDX header at the start of `data`, and the header's length."
     if len(data) < 4 or data[0] != 0 or data[1] != 0:
         raise DataFileError(f"{fn} is not an IDX file (bad magic number {data[:4].hex() or 'empty file'}).")
     if data[2] != 0x08: raise DataFileError(f"{fn}: element type 0x{data[2]:02x} is not supported; only unsigned bytes (0x08) are.")
-    ndim = data[3]
-    header = 4 + 4*ndim
+    header = 4 + 4*data[3]
     if len(data) < header: raise DataFileError(f"{fn} is truncated: it ends inside its header.")
-    dims = struct.unpack(f'>{ndim}I', data[4:header])
+    return struct.unpack(f'>{data[3]}I', data[4:header]), header
+
+def read_idx(fn) -> torch.Tensor:
+    "Read an IDX file of unsigned bytes (optionally gzipped) into a `uint8` tensor, checking its header against its length."
+    data = _read_bytes(fn)
+    dims, header = _header(fn, data)
     expected, got = math.prod(dims), len(data) - header
     if got != expected:
         raise DataFileError(f"{fn} holds {got:,} bytes of data but its header promises {expected:,} (shape {dims}). "
                             "The file is truncated or corrupt; delete it and fetch it again.")
     return torch.frombuffer(bytearray(data[header:]), dtype=torch.uint8).view(*dims)
+
+def idx_shape(fn) -> tuple:
+    "The shape the header of IDX file `fn` promises, reading only the header."
+    return _header(fn, _read_bytes(fn, 4 + 4*255))[0]
 
 # %% ../nbs/05_datasets.ipynb #c656f01a
 def write_idx(fn, t:torch.Tensor):
@@ -77,13 +86,19 @@ def cache_dir() -> Path:
 def _idx_path(folder, name):
     "The file `name` in `folder`, gzipped or not, or None."
     for fn in (Path(folder)/f'{name}.gz', Path(folder)/name):
-        if fn.is_file(): return fn
+        try:
+            if fn.is_file(): return fn
+        except OSError: pass  # a folder we may not look into holds nothing we can use
     return None
 
 def idx_files(folder):
     "`{split: (images_file, labels_file)}` if `folder` holds all four Fashion-MNIST IDX files, else None."
     found = {split: tuple(_idx_path(folder, n) for n in names) for split, names in IDX_FILES.items()}
     return found if all(all(v) for v in found.values()) else None
+
+def _missing(folder):
+    "Names of the IDX files `folder` lacks."
+    return [n for names in IDX_FILES.values() for n in names if _idx_path(folder, n) is None]
 
 # %% ../nbs/05_datasets.ipynb #e6cff434
 def sample_dir() -> Path:
@@ -92,9 +107,20 @@ def sample_dir() -> Path:
     return Path(miniai.__file__).parent/'data'/'fashion_mnist_sample'
 
 # %% ../nbs/05_datasets.ipynb #000897b2
+_ON, _OFF = ('1', 'true', 'yes', 'on'), ('0', 'false', 'no', 'off', '')
+
+def env_flag(name, default=False) -> bool:
+    "The on/off environment variable `name`: 1/true/yes/on or 0/false/no/off/empty (any case); `default` when unset."
+    raw = os.environ.get(name)
+    if raw is None: return default
+    v = raw.strip().lower()
+    if v in _ON or v in _OFF: return v in _ON
+    raise ValueError(f"{name}={raw!r} is neither on nor off. Set it to one of {', '.join(_ON)} to turn it on, "
+                     f"or {', '.join(_OFF[:-1])} or nothing to turn it off (any case), or unset it.")
+
 def quick_mode() -> bool:
-    "True when `MINIAI_QUICK` is set (to anything but 0/empty): loaders then use the small shipped sample."
-    return os.environ.get('MINIAI_QUICK', '0') not in ('', '0', 'false', 'False')
+    "True when `MINIAI_QUICK` is on (1/true/yes/on): loaders then use the small shipped sample."
+    return env_flag('MINIAI_QUICK')
 
 # %% ../nbs/05_datasets.ipynb #791a4771
 _MISSING_HELP = """Fashion-MNIST was not found. Looked in: {looked}.
@@ -107,19 +133,28 @@ Get it in any one of these ways:
 
 # %% ../nbs/05_datasets.ipynb #44ea9ea0
 def _explicit_dir(folder, what):
-    files = idx_files(folder)
-    if files is None:
-        raise FileNotFoundError(f"{what} is {folder}, but that folder does not hold the four Fashion-MNIST IDX files "
-                                f"({', '.join(n for p in IDX_FILES.values() for n in p)}, gzipped or not). "
-                                "Fix the path, or unset it to let miniai search the usual places.")
-    return files
+    "The IDX files in `folder`, which you named: an error saying what is wrong with it if it doesn't have them."
+    folder, fix = Path(folder).expanduser(), "Fix the path, or unset it to let miniai search the usual places."
+    if not folder.exists(): raise FileNotFoundError(f"{what} is {folder}, which does not exist. {fix}")
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{what} is {folder}, which is a file, not a folder: name the folder that holds the "
+                                f"four IDX files (this file's folder is {folder.parent}).")
+    if not os.access(folder, os.R_OK | os.X_OK): raise FileNotFoundError(f"{what} is {folder}, which you have no permission to read. {fix}")
+    if missing := _missing(folder):
+        raise FileNotFoundError(f"{what} is {folder}, but that folder lacks {', '.join(missing)} (gzipped or not); "
+                                f"Fashion-MNIST needs all four of {', '.join(n for p in IDX_FILES.values() for n in p)}. {fix}")
+    return idx_files(folder)
 
 # %% ../nbs/05_datasets.ipynb #6cb74f1f
-def find_fashion_mnist(path=None, download=True):
+def find_fashion_mnist(path=None,     # a folder holding the four IDX files; None to search the usual places
+                       download=True): # when nothing is found, try the Hugging Face hub
     "Return `(files, source)`: the IDX files of the first place that has Fashion-MNIST, and a description of it."
-    if quick_mode() and path is None:
-        return _explicit_dir(sample_dir(), 'The shipped sample folder (used because MINIAI_QUICK is set)'), f'shipped sample ({sample_dir()}), MINIAI_QUICK is set'
-    if path is not None: return _explicit_dir(path, 'The path you passed'), f'path argument ({path})'
+    if path is not None:
+        if not isinstance(path, (str, os.PathLike)):
+            raise TypeError(f"path should name a folder (a str or Path), got {path!r} ({type(path).__name__}).")
+        return _explicit_dir(path, 'The path you passed'), f'path argument ({path})'
+    if quick_mode():
+        return _explicit_dir(sample_dir(), 'The shipped sample folder (used because MINIAI_QUICK is on)'), f'shipped sample ({sample_dir()}), MINIAI_QUICK is on'
     if os.environ.get('MINIAI_DATA'):
         env = os.environ['MINIAI_DATA']
         return _explicit_dir(env, 'MINIAI_DATA'), f'MINIAI_DATA ({env})'
@@ -138,30 +173,41 @@ def _fetch_from_hub(dest):
     from datasets import load_dataset
     dsd = load_dataset(HUB_NAME)
     dest = Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
-    for split, (img_name, lbl_name) in IDX_FILES.items():
-        ds = dsd[split].with_format('numpy')
-        write_idx(dest/f'{img_name}.gz', torch.from_numpy(np.stack(ds['image']).astype(np.uint8)))
-        write_idx(dest/f'{lbl_name}.gz', torch.from_numpy(np.asarray(ds['label'], dtype=np.uint8)))
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f'.{dest.name}.', dir=dest.parent))
+    try:
+        for split, (img_name, lbl_name) in IDX_FILES.items():
+            ds = dsd[split].with_format('numpy')
+            write_idx(tmp/f'{img_name}.gz', torch.from_numpy(np.stack(ds['image']).astype(np.uint8)))
+            write_idx(tmp/f'{lbl_name}.gz', torch.from_numpy(np.asarray(ds['label'], dtype=np.uint8)))
+        _swap_in(tmp, dest)
+    finally: shutil.rmtree(tmp, ignore_errors=True)
     return idx_files(dest)
 
 # %% ../nbs/05_datasets.ipynb #3280c6a6
+_GET_GOOD = ("Good copies: `sudo apt-get install --reinstall dataset-fashion-mnist` (Debian/Ubuntu), the four files from "
+             "https://github.com/zalandoresearch/fashion-mnist, or MINIAI_QUICK=1 for the sample that ships with miniai.")
+
 def _check_split(fn_x, x, fn_y, y):
     if x.ndim != 3 or tuple(x.shape[1:]) != (28, 28):
-        raise DataFileError(f"{fn_x} holds images of shape {tuple(x.shape[1:])}, expected 28x28.")
-    if y.ndim != 1: raise DataFileError(f"{fn_y} should hold a 1-d array of labels, it has shape {tuple(y.shape)}.")
+        raise DataFileError(f"{fn_x} holds an array of shape {tuple(x.shape)}, not 28x28 images (n, 28, 28): is it the right file?")
+    if y.ndim != 1: raise DataFileError(f"{fn_y} should hold a 1-d array of labels, it has shape {tuple(y.shape)}: is it the right file?")
     if len(x) != len(y): raise DataFileError(f"{fn_x} has {len(x):,} images but {fn_y} has {len(y):,} labels.")
     if len(y) and y.max() >= len(CLASS_NAMES): raise DataFileError(f"{fn_y} has label {int(y.max())}; Fashion-MNIST labels are 0 to 9.")
 
 def _decode(files):
     out = {}
-    for split, (fn_x, fn_y) in files.items():
-        x, y = read_idx(fn_x), read_idx(fn_y)
-        _check_split(fn_x, x, fn_y, y)
-        out[split] = (x, y.long())
+    try:
+        for split, (fn_x, fn_y) in files.items():
+            x, y = read_idx(fn_x), read_idx(fn_y)
+            _check_split(fn_x, x, fn_y, y)
+            out[split] = (x, y.long())
+    except DataFileError as e: raise DataFileError(f"{e}\n{_GET_GOOD}") from None
     return out
 
 # %% ../nbs/05_datasets.ipynb #303d2f89
+_CACHE_VERSION = 2  # bump whenever what the cache holds changes
+
 def _cache_key(files):
     h = hashlib.sha1()
     for fn in sorted(str(f) for pair in files.values() for f in pair):
@@ -169,27 +215,58 @@ def _cache_key(files):
         h.update(f'{Path(fn).resolve()}:{st.st_size}:{st.st_mtime_ns};'.encode())
     return h.hexdigest()[:16]
 
+def _cache_fn(files): return cache_dir()/'decoded'/f'fashion_mnist-v{_CACHE_VERSION}-{_cache_key(files)}.pt'
+
+def _cached_ok(obj, files):
+    "Is `obj` (read from the cache) the decoded tensors of `files`, in this version's format?"
+    try:
+        if obj['version'] != _CACHE_VERSION or obj['key'] != _cache_key(files) or set(obj['data']) != set(files): return False
+        for split, (fn_x, fn_y) in files.items():
+            x, y = obj['data'][split]
+            if (x.dtype, y.dtype) != (torch.uint8, torch.int64): return False
+            if (tuple(x.shape), tuple(y.shape)) != (idx_shape(fn_x), idx_shape(fn_y)): return False
+        return True
+    except Exception: return False  # anything unexpected in there: not ours
+
 # %% ../nbs/05_datasets.ipynb #96387da1
-def fashion_mnist_tensors(path=None, cache=True):
+def fashion_mnist_tensors(path=None,  # a folder holding the four IDX files; None to search as `find_fashion_mnist` does
+                          cache=True): # keep the decoded tensors in (and load them from) the cache folder
     "`{'train': (x, y), 'test': (x, y)}` with `x` a `uint8` tensor `(n, 28, 28)` and `y` `int64` labels."
     files, source = find_fashion_mnist(path)
-    cache_fn = cache_dir()/'decoded'/f'fashion_mnist-{_cache_key(files)}.pt'
-    if cache and cache_fn.exists():
-        try: return torch.load(cache_fn, weights_only=True)
-        except Exception: cache_fn.unlink(missing_ok=True)  # a broken cache is rebuilt, never trusted
+    if not cache: return _decode(files)
+    fn = _cache_fn(files)
+    try: obj = torch.load(fn, weights_only=True) if fn.is_file() else None
+    except Exception: obj = None
+    if _cached_ok(obj, files): return obj['data']
     data = _decode(files)
-    if cache: _atomic_save(data, cache_fn)
+    _save_atomic({'version': _CACHE_VERSION, 'key': _cache_key(files), 'data': data}, fn)
     return data
 
-def _atomic_save(obj, fn):
-    "Save to a temporary file, then rename: a crash never leaves a half-written cache behind."
-    tmp = fn.with_suffix(f'.tmp{os.getpid()}')
+def _save_atomic(obj, fn):
+    "Save `obj` to a temporary file beside `fn`, then rename it: readers see the old file or the new one, never half of one."
     try:
         fn.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(obj, tmp)
-        os.replace(tmp, fn)
-    except (OSError, RuntimeError):  # torch reports a file it can't open as RuntimeError
-        tmp.unlink(missing_ok=True)   # a read-only home folder only costs us the cache
+        fd, tmp = tempfile.mkstemp(prefix=f'.{fn.name}.', suffix='.tmp', dir=fn.parent)
+        os.close(fd)
+        try:
+            torch.save(obj, tmp)
+            os.replace(tmp, fn)
+        finally: Path(tmp).unlink(missing_ok=True)
+    except (OSError, RuntimeError) as e: _cache_unwritable(e)  # torch reports a file it can't write as RuntimeError
+
+# %% ../nbs/05_datasets.ipynb #e6f4c003
+class CacheWarning(UserWarning):
+    "miniai could not write its cache; data still loads, only more slowly."
+
+_warned = set()
+
+def _cache_unwritable(e):
+    "Warn, once per cache folder, that it can't be written."
+    where = str(cache_dir())
+    if where in _warned: return
+    _warned.add(where)
+    warnings.warn(f"miniai cannot write its cache in {where} ({type(e).__name__}: {e}). Data still loads, but is decoded "
+                  "again each time. Point XDG_CACHE_HOME at a folder you can write, or pass cache=False.", CacheWarning, stacklevel=3)
 
 # %% ../nbs/05_datasets.ipynb #fb5e2b27
 def _to_dataset(x, y):
@@ -198,28 +275,59 @@ def _to_dataset(x, y):
     return Dataset.from_dict({'image': list(x.numpy()), 'label': y.tolist()}, features=feats)
 
 # %% ../nbs/05_datasets.ipynb #672ff851
-def load_fashion_mnist(path=None, cache=True):
+def load_fashion_mnist(path=None,  # a folder holding the four IDX files; None to search as `find_fashion_mnist` does
+                       cache=True): # keep the `DatasetDict` in (and load it from) an Arrow cache
     "Fashion-MNIST as a `DatasetDict` with splits 'train' and 'test', columns 'image' (PIL) and 'label' (`ClassLabel`)."
-    from datasets import DatasetDict, load_from_disk
+    from datasets import DatasetDict
     files, _ = find_fashion_mnist(path)
-    arrow_dir = cache_dir()/'arrow'/f'fashion_mnist-{_cache_key(files)}'
-    if cache and (arrow_dir/'dataset_dict.json').exists():
-        try: return load_from_disk(str(arrow_dir))
-        except Exception: pass  # rebuild below
+    arrow_dir = cache_dir()/'arrow'/f'fashion_mnist-v{_CACHE_VERSION}-{_cache_key(files)}'
+    if cache and (dsd := _load_arrow(arrow_dir, files)) is not None: return dsd
     data = fashion_mnist_tensors(path, cache=cache)
     dsd = DatasetDict({split: _to_dataset(x, y) for split, (x, y) in data.items()})
-    if cache: _save_quietly(dsd, arrow_dir)
+    if cache: _save_arrow(dsd, arrow_dir)
     return dsd
 
-def _save_quietly(dsd, dest):
-    "Save `dsd` without progress bars (they'd clutter notebooks); a read-only cache folder only costs us the cache."
+def _load_arrow(folder, files):
+    "The `DatasetDict` cached in `folder` if it is there and has the rows the IDX files promise, else None."
+    from datasets import load_from_disk
+    try:
+        if not (folder/'dataset_dict.json').is_file(): return None
+        dsd = load_from_disk(str(folder))
+        if list(dsd) == list(files) and all(dsd[s].num_rows == idx_shape(fx)[0] for s, (fx, _) in files.items()): return dsd
+    except Exception: pass  # unreadable or half-gone: rebuilt below
+    return None
+
+# %% ../nbs/05_datasets.ipynb #a8b6e001
+@contextmanager
+def _no_progress_bars():
+    "Hide the `datasets` progress bars (they'd clutter notebooks), restoring them afterwards."
     import datasets
     shown = datasets.is_progress_bar_enabled()
     datasets.disable_progress_bars()
-    try: dsd.save_to_disk(str(dest))
-    except OSError: pass
+    try: yield
     finally:
         if shown: datasets.enable_progress_bars()
+
+def _swap_in(new, dest):
+    "Rename folder `new` to `dest`, replacing an old `dest` by renaming it aside and deleting it: never rewriting its files."
+    old = new.with_name(new.name + '.old')
+    if dest.exists(): os.rename(dest, old)
+    try: os.rename(new, dest)
+    except OSError:
+        if not dest.exists(): raise  # else another process put its copy in place first: keep it
+    finally: shutil.rmtree(old, ignore_errors=True)
+
+def _save_arrow(dsd, dest):
+    "Save `dsd` as the Arrow cache `dest`: into a new folder, renamed into place when complete."
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f'.{dest.name}.', dir=dest.parent))
+    except OSError as e: return _cache_unwritable(e)
+    try:
+        with _no_progress_bars(): dsd.save_to_disk(str(tmp))
+        _swap_in(tmp, dest)
+    except OSError as e: _cache_unwritable(e)
+    finally: shutil.rmtree(tmp, ignore_errors=True)
 
 # %% ../nbs/05_datasets.ipynb #a2089d6e
 def inplace(f):
@@ -233,8 +341,26 @@ def inplace(f):
 def collate_dict(ds):
     "A collate function for `ds` that returns a tuple of its columns, in the order of its features."
     get = itemgetter(*ds.features)
-    def _f(b): return get(default_collate(b))
+    def _f(b):
+        try: return get(default_collate(b))
+        except TypeError as e:
+            if 'PIL' not in str(e): raise
+            raise TypeError("The items hold PIL images, which can't be stacked into a batch: turn them into tensors first, "
+                            "e.g. `dsd.with_transform(transformi)` with the lesson's `transformi`.") from e
     return _f
+
+# %% ../nbs/05_datasets.ipynb #b9c7f002
+def check_bs(bs, name='bs') -> int:
+    "`bs` as a positive `int` (NumPy and tensor integers welcome), or a `ValueError` that says what was wrong."
+    hint = ''
+    if isinstance(bs, str) and bs.strip().isdigit(): hint = f": it is text; pass the number, {name}={int(bs)}"
+    elif isinstance(bs, float) and bs.is_integer(): hint = f": pass the integer, {name}={int(bs)}"
+    try:
+        if isinstance(bs, (bool, np.bool_)): raise TypeError
+        n = operator.index(bs)
+    except TypeError: raise ValueError(f"Batch size {name} must be a positive whole number, got {bs!r} ({type(bs).__name__}){hint}.") from None
+    if n < 1: raise ValueError(f"Batch size {name} must be a positive whole number, got {n}.")
+    return n
 
 # %% ../nbs/05_datasets.ipynb #34f68e3f
 class DataLoaders:
@@ -246,52 +372,132 @@ class DataLoaders:
     @classmethod
     def from_dd(cls, dd, batch_size, **kwargs):
         "Loaders for the first two splits of `dd` (train shuffled; validation unshuffled, twice the batch size)."
+        if not hasattr(dd, 'values'):
+            raise TypeError(f"from_dd takes a DatasetDict (splits by name, like `dsd`), got a {type(dd).__name__}; pass the whole dict.")
         if len(dd) < 2: raise ValueError(f"from_dd needs a DatasetDict with a training and a validation split; got {list(dd)}.")
+        bs = check_bs(batch_size, 'batch_size')
         train, valid = list(dd.values())[:2]
         f = collate_dict(train)
-        return cls(DataLoader(train, batch_size, shuffle=True, collate_fn=f, **kwargs),
-                   DataLoader(valid, batch_size*2, shuffle=False, collate_fn=f, **kwargs))
+        return cls(DataLoader(train, bs, shuffle=True, collate_fn=f, **kwargs),
+                   DataLoader(valid, bs*2, shuffle=False, collate_fn=f, **kwargs))
 
 # %% ../nbs/05_datasets.ipynb #82b081fe
 XMEAN, XSTD = 0.28, 0.35
 
 class TensorLoader:
-    "Batches `(xb, yb)` from a `uint8` image tensor by indexing; `xb` is float, `(bs, 1, h, w)`, normalised with `mean` and `std`."
-    def __init__(self, x, y, bs=1024, shuffle=False, mean=XMEAN, std=XSTD, drop_last=False):
-        if len(x) != len(y): raise ValueError(f"TensorLoader got {len(x)} images but {len(y)} labels.")
-        if not isinstance(bs, int) or bs < 1: raise ValueError(f"Batch size must be a positive integer, got {bs!r}.")
+    "Batches `(xb, yb)` from images `x` and labels `y` by indexing; `xb` is float, `(bs, c, h, w)`, normalised."
+    def __init__(self,
+                 x,               # images `(n, h, w)` or `(n, c, h, w)`: `uint8` pixels (0 to 255), or floats already normalised
+                 y,               # one label (or target) per image
+                 bs=1024,         # batch size
+                 shuffle=False,   # a new random order every epoch
+                 mean=None,       # for `uint8` images: the mean subtracted once scaled to 0-1 (default `XMEAN`)
+                 std=None,        # for `uint8` images: the standard deviation divided by (default `XSTD`)
+                 drop_last=False, # drop a last batch smaller than `bs`
+                 merge_last=None):# fold a last batch of one item into the one before; default: when `shuffle`
+        x, y = _as_tensor(x, 'x'), _as_tensor(y, 'y')
         if x.ndim == 3: x = x[:, None]
-        fc.store_attr('x,y,shuffle,mean,std,drop_last')
-        self.bs = bs
+        _check_xy(x, y)
+        self.bs, (self.mean, self.std) = check_bs(bs), _pixel_stats(x, mean, std)
+        fc.store_attr('x,y,shuffle,drop_last')
+        self.merge_last = shuffle if merge_last is None else merge_last
 
-    def __len__(self): return len(self.x)//self.bs if self.drop_last else math.ceil(len(self.x)/self.bs)
+    def normalise(self, xb):
+        "uint8 pixels to normalised floats; float images are used as they are."
+        return xb if self.mean is None else (xb.float()/255 - self.mean)/self.std
 
-    def normalise(self, xb): return (xb.float() / 255 - self.mean) / self.std
+    def __len__(self):
+        n, bs = len(self.x), self.bs
+        if self.drop_last or (self.merge_last and n > bs and n % bs == 1): return n//bs
+        return math.ceil(n/bs)
+
+    def batch_idxs(self, idx):
+        "The batches of indices of an epoch in order `idx`: `bs` each, the last one taking what is left."
+        nb = len(self)
+        for i in range(nb): yield idx[i*self.bs : len(idx) if i == nb-1 and not self.drop_last else (i+1)*self.bs]
 
     def __iter__(self):
-        n = len(self.x)
-        idx = torch.randperm(n) if self.shuffle else torch.arange(n)
-        for i in range(len(self)):
-            b = idx[i*self.bs:(i+1)*self.bs]
-            yield self.normalise(self.x[b]), self.y[b]
+        idx = torch.randperm(len(self.x)) if self.shuffle else torch.arange(len(self.x))
+        for b in self.batch_idxs(idx): yield self.normalise(self.x[b]), self.y[b]
+
+# %% ../nbs/05_datasets.ipynb #c1d8a002
+def _as_tensor(a, name):
+    if isinstance(a, np.ndarray): return torch.from_numpy(a)
+    if isinstance(a, torch.Tensor): return a
+    if name == 'y' and isinstance(a, (list, tuple)): return torch.as_tensor(a)
+    raise TypeError(f"TensorLoader: {name} should be a tensor or a NumPy array, got {type(a).__name__}.")
+
+def _number(v):
+    "`v` as a float if it is a single real number, else None."
+    ok = isinstance(v, numbers.Real) and not isinstance(v, bool) or isinstance(v, torch.Tensor) and v.numel() == 1
+    return float(v) if ok else None
+
+def _check_xy(x, y):
+    if x.ndim != 4: raise ValueError(f"TensorLoader: images should have shape (n, h, w) or (n, c, h, w), got {tuple(x.shape)}.")
+    if len(x) != len(y): raise ValueError(f"TensorLoader got {len(x)} images but {len(y)} labels.")
+    if len(x) == 0: raise ValueError("TensorLoader got no images: check the data (an empty split, or a filter that kept nothing).")
+
+def _pixel_stats(x, mean, std):
+    "`(mean, std)` for `uint8` images; `(None, None)` for float images, which are used as given."
+    if x.dtype == torch.uint8:
+        mean, std = (XMEAN if mean is None else mean), (XSTD if std is None else std)
+        m, s = _number(mean), _number(std)
+        if m is None or s is None or not (math.isfinite(m) and s > 0):
+            raise ValueError(f"TensorLoader: mean and std should be numbers, std above 0; got mean={mean!r}, std={std!r}.")
+        return m, s
+    if not x.is_floating_point():
+        raise TypeError(f"TensorLoader takes uint8 pixels (0 to 255) or float images already normalised; got {x.dtype}. "
+                        "For pixel values pass x.to(torch.uint8).")
+    if mean is not None or std is not None:
+        raise ValueError("TensorLoader normalises uint8 pixels only, and uses float images as given, so mean and std "
+                         "would be ignored: normalise the images yourself, or pass the uint8 pixels.")
+    if x.min() >= 0:
+        raise ValueError(f"These float images have no negative value (they range from {x.min():g} to {x.max():g}), so they "
+                         "have not been normalised, and TensorLoader uses float images as given. Pass the uint8 pixels "
+                         "instead (it scales and normalises those), or normalise them first: (x/255 - XMEAN)/XSTD for "
+                         "values 0 to 255, (x - XMEAN)/XSTD for values 0 to 1.")
+    return None, None
 
 # %% ../nbs/05_datasets.ipynb #c59bcfbb
-def fashion_mnist_dls(bs=1024, path=None, valid_bs=None, shuffle=True, drop_last=False, mean=XMEAN, std=XSTD):
+def fashion_mnist_dls(bs:int=1024,        # training batch size
+                      path=None,          # a folder with the four IDX files; by default found as `find_fashion_mnist` does
+                      valid_bs:int=None,  # validation batch size (default: twice `bs`)
+                      shuffle=True,       # reshuffle the training set every epoch
+                      drop_last=False,    # drop a last training batch smaller than `bs` (one of a single image is merged anyway)
+                      mean=XMEAN,         # pixel mean, after scaling to 0-1
+                      std=XSTD,           # pixel standard deviation, after scaling to 0-1
+                     ) -> DataLoaders:
     "`DataLoaders` over Fashion-MNIST's train and test splits through the fast tensor path."
+    bs = check_bs(bs, 'bs')
+    valid_bs = 2*bs if valid_bs is None else check_bs(valid_bs, 'valid_bs')
     data = fashion_mnist_tensors(path)
-    return DataLoaders(TensorLoader(*data['train'], bs=bs, shuffle=shuffle, mean=mean, std=std, drop_last=drop_last),
-                       TensorLoader(*data['test'], bs=valid_bs or bs*2, mean=mean, std=std))
+    return DataLoaders(TensorLoader(*data['train'], bs=bs, shuffle=shuffle, mean=mean, std=std, drop_last=drop_last, merge_last=True),
+                       TensorLoader(*data['test'], bs=valid_bs, mean=mean, std=std, merge_last=False))
 
 # %% ../nbs/05_datasets.ipynb #df986e4e
-@fc.delegates(plt.Axes.imshow)
-def show_image(im, ax=None, figsize=None, title=None, noframe=True, **kwargs):
-    "Show a PIL image or an image tensor/array (channels first or last) on `ax`."
+def _as_image(im):
+    "`im` (PIL image, tensor or array; channels first or last) as an array `(h, w)` or `(h, w, c)` that `imshow` draws."
+    shape = tuple(getattr(im, 'shape', ()))
     if fc.hasattrs(im, ('cpu', 'permute', 'detach')):
         im = im.detach().cpu()
         if len(im.shape) == 3 and im.shape[0] < 5: im = im.permute(1, 2, 0)
         im = im.numpy()
     elif not isinstance(im, np.ndarray): im = np.array(im)
-    if im.shape[-1] == 1: im = im[..., 0]
+    if im.ndim == 3 and im.shape[-1] == 1: im = im[..., 0]
+    if not (im.ndim == 2 or im.ndim == 3 and im.shape[-1] in (3, 4)):
+        raise ValueError(f"An image should be (h, w), (c, h, w) or (h, w, c) with 1, 3 or 4 channels; got shape "
+                         f"{shape or im.shape}. For a batch of images use show_images.")
+    return im
+
+@fc.delegates(plt.Axes.imshow)
+def show_image(im,            # a PIL image, or a tensor or array `(h, w)`, `(c, h, w)` or `(h, w, c)` with 1, 3 or 4 channels
+               ax=None,       # the axis to draw on; a new figure if None
+               figsize=None,  # size of that new figure
+               title=None,    # title above the image
+               noframe=True,  # hide the axis frame
+               **kwargs):
+    "Show a PIL image or an image tensor/array (channels first or last) on `ax`."
+    im = _as_image(im)
     if ax is None: _, ax = plt.subplots(figsize=figsize)
     ax.imshow(im, **kwargs)
     if title is not None: ax.set_title(title)
@@ -301,7 +507,12 @@ def show_image(im, ax=None, figsize=None, title=None, noframe=True, **kwargs):
 
 # %% ../nbs/05_datasets.ipynb #6e5824af
 @fc.delegates(plt.subplots, keep=True)
-def subplots(nrows=1, ncols=1, figsize=None, imsize=3, suptitle=None, **kwargs):
+def subplots(nrows=1,        # rows of axes
+             ncols=1,        # columns of axes
+             figsize=None,   # figure size; by default `imsize` inches per image
+             imsize=3,       # inches per image, when `figsize` isn't given
+             suptitle=None,  # title of the whole figure
+             **kwargs):
     "A figure and an array of axes, `imsize` inches per image unless `figsize` is given."
     if figsize is None: figsize = (ncols*imsize, nrows*imsize)
     fig, ax = plt.subplots(nrows, ncols, figsize=figsize, **kwargs)
@@ -311,11 +522,19 @@ def subplots(nrows=1, ncols=1, figsize=None, imsize=3, suptitle=None, **kwargs):
 
 # %% ../nbs/05_datasets.ipynb #644904f4
 @fc.delegates(subplots)
-def get_grid(n, nrows=None, ncols=None, title=None, weight='bold', size=14, **kwargs):
+def get_grid(n,               # number of axes wanted
+             nrows=None,      # rows; by default about the square root of `n`
+             ncols=None,      # columns; by default as many as `n` needs
+             title=None,      # title of the whole figure
+             weight='bold',   # font weight of the title
+             size=14,         # font size of the title
+             **kwargs):
     "A grid of `n` axes, as square as possible; axes beyond `n` are hidden."
+    if not isinstance(n, (int, np.integer)) or n < 1: raise ValueError(f"get_grid needs a positive number of axes, got {n!r}.")
     if nrows is None and ncols is None: nrows = int(math.sqrt(n))
     if nrows is None: nrows = math.ceil(n/ncols)
     if ncols is None: ncols = math.ceil(n/nrows)
+    if nrows*ncols < n: raise ValueError(f"get_grid: {nrows} rows of {ncols} can't hold {n} axes.")
     fig, axs = subplots(nrows, ncols, **kwargs)
     for ax in axs.flat[n:]: ax.set_axis_off()
     if title is not None: fig.suptitle(title, weight=weight, size=size)
@@ -323,10 +542,18 @@ def get_grid(n, nrows=None, ncols=None, title=None, weight='bold', size=14, **kw
 
 # %% ../nbs/05_datasets.ipynb #1cbfb44e
 @fc.delegates(subplots)
-def show_images(ims, nrows=None, ncols=None, titles=None, labels=None, **kwargs):
+def show_images(ims,          # the images: a batch tensor `(n, ...)` or a list of images
+                nrows=None,   # rows of the grid
+                ncols=None,   # columns of the grid
+                titles=None,  # one title per image
+                labels=None,  # Fashion-MNIST class indices, shown as class names
+                **kwargs):
     "Show `ims` on a grid; `labels` (class indices) become class-name titles."
-    ims = list(ims)
+    ims = [_as_image(im) for im in ims]  # check every image before drawing anything
+    if not ims: raise ValueError("show_images got no images.")
     if labels is not None:
+        labels = list(labels)
+        if len(labels) < len(ims): raise ValueError(f"Got {len(ims)} images but only {len(labels)} labels.")
         if any(not 0 <= int(l) < len(CLASS_NAMES) for l in labels):
             raise ValueError(f"show_images: labels must be Fashion-MNIST class indices 0 to 9; for other data pass titles= instead.")
         titles = [CLASS_NAMES[int(l)] for l in labels]
