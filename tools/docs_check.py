@@ -1,189 +1,239 @@
-"""Build the documentation site and check it in a real browser (headless Chromium).
+"""Build the documentation site and check it in a real browser: headless Chromium, driven over the DevTools protocol.
 
-    python tools/docs_check.py            # nbdev_docs into _docs/, then check it
-    python tools/docs_check.py --no-build # check the _docs/ that is there
+    python tools/docs_check.py              # python tools/build_docs.py, then the browser check
+    python tools/docs_check.py --no-build   # check the _docs/ that is there
+    python tools/docs_check.py --out DIR    # where the screenshots go (default: _docs/_screenshots/)
 
-Steps:
- 1. unless --no-build: `nbdev_docs` (needs `quarto` on PATH: without it nbdev would try to download and install
-    Quarto, so this refuses instead). README.md is kept as tools/make_readme.py wrote it.
- 2. static scan of every built page and stylesheet: no <script src>, <link rel=stylesheet>, <img>, <iframe>,
-    <source>, CSS url()/@import that points outside the site (http://, https://, //host), and every local one exists.
- 3. serve the site with http.server on 127.0.0.1 (a free port), open the home page, the Learner page and the
-    augmentation page in headless Chromium (fresh profile, no network services), save screenshots, and check the
-    rendered DOM: page title, the sidebar navigation (with links to the lessons), a plot image on the lesson
-    pages, and the API entry for `Learner.fit` on the Learner page.
-Exits 0 when all pass, 1 listing every failure, 2 when it cannot run (no quarto / chromium / site).
+1. unless --no-build, the build (tools/build_docs.py: it fails on broken links, external resources and missing
+   show_doc entries); with --no-build, its static checks of the site.
+2. the site is served on 127.0.0.1 (a free port), and Debian's `chromium` (headless, a fresh profile, no network
+   services) opens the home page, the Learner page (09_learner) and the augmentation page (14_augment), then the
+   API reference and the search page for `lr_find`. Every request each page makes is recorded. Checked: the page title, the sidebar (with
+   links to the lessons), at least one rendered plot on the lesson pages (an image that loaded), the `Learner.fit`
+   entry on the Learner page and in the API reference, that search lists the Learner page for `lr_find`, and that no request left the site.
+3. screenshots of each page (and of the first plot and the `Learner.fit` entry) are saved; the paths are printed.
+Exits 0 when all pass, 1 listing every failure, 2 when it cannot run (no chromium, no site).
 """
-import argparse, functools, http.server, os, re, shutil, subprocess, sys, tempfile, threading, time
-from html.parser import HTMLParser
+import argparse, base64, functools, http.server, json, os, shutil, signal, subprocess, sys, tempfile, threading, time
+import urllib.request
 from pathlib import Path
-from urllib.parse import urlsplit, unquote
 
 root = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(root/'tools'))
+import build_docs as bd
+
+CHROMIUM_FLAGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
+                  '--disable-component-update', '--disable-sync', '--no-first-run', '--disable-default-apps',
+                  '--disable-extensions', '--hide-scrollbars', '--mute-audio', '--remote-debugging-port=0']
+LESSONS = [('home', 'index'), ('learner', 'learner'), ('augment', 'augment')]   # (name, page)
 
 def cannot(msg):
     "Exit 2: the check could not run."
     print(f'docs_check: {msg}', file=sys.stderr); sys.exit(2)
-CHROMIUM_FLAGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--no-first-run',
-                  '--disable-component-update', '--disable-sync', '--disable-default-apps', '--hide-scrollbars',
-                  '--virtual-time-budget=8000']
-
-def is_external(url):
-    "True if `url` would be fetched from outside the site."
-    u = url.strip().lower()
-    return u.startswith(('http://', 'https://', '//', 'ftp://'))
-
-class _Refs(HTMLParser):
-    "Collects the resources a page loads (not plain links), its <title>, inline <style> text, ids, <img> srcs and text."
-    def __init__(self):
-        super().__init__(convert_charrefs=True)
-        self.res, self.styles, self.ids, self.imgs, self.links, self.text = [], [], set(), [], [], []
-        self.title, self._in = '', None
-    def handle_starttag(self, tag, attrs):
-        a = dict(attrs)
-        if a.get('id'): self.ids.add(a['id'])
-        if tag in ('script', 'img', 'iframe', 'source', 'video', 'audio', 'embed', 'track') and a.get('src'):
-            self.res.append((tag, a['src']))
-        if tag == 'img': self.imgs.append(a.get('src') or '')
-        if tag == 'object' and a.get('data'): self.res.append((tag, a['data']))
-        if tag == 'link' and a.get('href'):
-            rel = (a.get('rel') or '').lower().split()
-            if {'stylesheet', 'preload', 'modulepreload', 'icon'} & set(rel): self.res.append(('link', a['href']))
-        if tag == 'a' and a.get('href'): self.links.append(a['href'])
-        if tag in ('title', 'style', 'script'): self._in = tag
-    def handle_endtag(self, tag):
-        if tag == self._in: self._in = None
-    def handle_data(self, data):
-        if self._in == 'title': self.title += data
-        elif self._in == 'style': self.styles.append(data)
-        elif self._in is None: self.text.append(data)
-
-def parse(html):
-    p = _Refs(); p.feed(html); p.close()
-    p.text = ' '.join(' '.join(p.text).split())
-    return p
-
-_css_url = re.compile(r'''url\(\s*['"]?([^'")\s]+)''', re.I)
-_css_import = re.compile(r'''@import\s+['"]([^'"]+)['"]''', re.I)
-def css_refs(css): return _css_url.findall(css) + _css_import.findall(css)
-
-def _local(page, url, site):
-    "The file in `site` that `url` (relative to `page`) names, or None for data:/fragment-only URLs."
-    if url.startswith(('data:', '#', 'about:', 'blob:', 'javascript:')): return None
-    path = unquote(urlsplit(url).path)
-    if not path: return None
-    return (site/path.lstrip('/')) if path.startswith('/') else (page.parent/path)
-
-def scan_site(site):
-    "Problems with resources in every built page and stylesheet: external ones, and local ones that are missing."
-    site, problems = Path(site), []
-    for f in sorted(site.rglob('*.html')) + sorted(site.rglob('*.css')):
-        txt = f.read_text(encoding='utf-8', errors='replace')
-        if f.suffix == '.html':
-            p = parse(txt)
-            refs = p.res + [('style', u) for s in p.styles for u in css_refs(s)]
-        else: refs = [('css', u) for u in css_refs(txt)]
-        for tag, url in refs:
-            rel = f.relative_to(site)
-            if is_external(url): problems.append(f'{rel}: <{tag}> loads {url} from outside the site')
-            elif f.suffix == '.html' or tag == 'css':
-                loc = _local(f, url, site)
-                if loc is not None and not loc.exists() and tag != 'css':
-                    problems.append(f'{rel}: <{tag}> {url} is not in the site')
-    return problems
-
-def find_page(site, word):
-    "The built page for the notebook whose name contains `word` (nbdev may strip the number prefix)."
-    hits = sorted(p for p in Path(site).rglob('*.html') if word in p.stem.lower() and 'site_libs' not in p.parts)
-    return hits[0] if hits else None
-
-def check_dom(name, html, site_url, plot=False, api=None, nav_to=()):
-    "Failures for one rendered page."
-    p, errs = parse(html), []
-    if not p.title.strip(): errs.append(f'{name}: page has no <title>')
-    elif 'miniai' not in p.title.lower(): errs.append(f'{name}: title {p.title.strip()!r} does not name the site (miniai)')
-    if 'quarto-sidebar' not in p.ids and not any('sidebar' in i for i in p.ids):
-        errs.append(f'{name}: no sidebar navigation (no element with id quarto-sidebar)')
-    for target in nav_to:
-        if not any(target in l for l in p.links): errs.append(f'{name}: navigation has no link to {target}')
-    if plot:
-        imgs = [s for s in p.imgs if re.search(r'\.(png|svg|jpe?g)(\?|$)', s, re.I) or s.startswith('data:image/')]
-        if not imgs: errs.append(f'{name}: no rendered plot image (<img> of a png/svg) on the page')
-    if api and api not in p.text: errs.append(f'{name}: no API entry for {api} (its show_doc heading is missing)')
-    ext = [u for _, u in p.res if is_external(u)]
-    if ext: errs.append(f'{name}: after rendering, the page loads from outside the site: {ext}')
-    return errs
 
 def chromium_bin():
     for n in ('chromium', 'chromium-browser', 'google-chrome'):
         if shutil.which(n): return shutil.which(n)
 
-def run_chromium(exe, url, extra, timeout=90):
-    with tempfile.TemporaryDirectory(prefix='miniai-chromium-') as prof:
-        cmd = [exe, *CHROMIUM_FLAGS, f'--user-data-dir={prof}', *extra, url]
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    return r
-
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+class _Handler(http.server.SimpleHTTPRequestHandler):
     def log_message(self, *args): pass
 
 def serve(site):
-    handler = functools.partial(_QuietHandler, directory=str(site))
-    srv = http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler)
+    "The site on 127.0.0.1, a free port, in a thread."
+    srv = http.server.ThreadingHTTPServer(('127.0.0.1', 0), functools.partial(_Handler, directory=str(site)))
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     return srv
 
-def build():
-    if not shutil.which('quarto'):
-        cannot('cannot build: `quarto` is not on PATH (nbdev_docs would try to download it). '
-                 'Install it, or check an existing site with --no-build.')
-    readme = root/'README.md'
-    keep = readme.read_text(encoding='utf-8') if readme.exists() else None
-    t = time.time()
-    try: subprocess.run(['nbdev_docs'], cwd=root, check=True)
-    except subprocess.CalledProcessError as e: print(f'docs_check: FAIL: nbdev_docs failed (exit {e.returncode})', file=sys.stderr); sys.exit(1)
-    finally:  # nbdev_docs also rewrites README.md with Quarto; tools/make_readme.py owns it
-        if keep is not None and readme.read_text(encoding='utf-8') != keep: readme.write_text(keep, encoding='utf-8')
-    print(f'nbdev_docs built the site in {time.time()-t:.0f} s')
+class Browser:
+    "Headless Chromium with one page, driven over the DevTools protocol (websocket-client)."
+    def __init__(self, exe, timeout=60):
+        import websocket
+        self.prof = tempfile.mkdtemp(prefix='miniai-chromium-')
+        self.proc = subprocess.Popen([exe, *CHROMIUM_FLAGS, f'--user-data-dir={self.prof}', 'about:blank'],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+        port_file, t = Path(self.prof)/'DevToolsActivePort', time.time()
+        while not (port_file.exists() and port_file.read_text().strip()):
+            if self.proc.poll() is not None:
+                raise RuntimeError(f'chromium exited ({self.proc.returncode}): {self.proc.stderr.read().decode()[-800:]}')
+            if time.time() - t > timeout: raise RuntimeError('chromium did not open its DevTools port')
+            time.sleep(0.1)
+        port = int(port_file.read_text().split()[0])
+        targets = json.load(urllib.request.urlopen(f'http://127.0.0.1:{port}/json/list', timeout=10))
+        page = next(t for t in targets if t.get('type') == 'page')
+        self.ws = websocket.create_connection(page['webSocketDebuggerUrl'], timeout=timeout, suppress_origin=True)
+        self.id, self.events, self.requests = 0, [], []
+        for m in ('Page.enable', 'Network.enable', 'Runtime.enable'): self.call(m)
+        self.call('Emulation.setDeviceMetricsOverride', width=1280, height=1000, deviceScaleFactor=1, mobile=False)
+
+    def _recv(self):
+        msg = json.loads(self.ws.recv())
+        if msg.get('method') == 'Network.requestWillBeSent': self.requests.append(msg['params']['request']['url'])
+        elif 'method' in msg: self.events.append(msg)
+        return msg
+
+    def call(self, method, **params):
+        self.id += 1
+        self.ws.send(json.dumps(dict(id=self.id, method=method, params=params)))
+        while True:
+            msg = self._recv()
+            if msg.get('id') == self.id:
+                if 'error' in msg: raise RuntimeError(f'{method}: {msg["error"]}')
+                return msg.get('result', {})
+
+    def wait_for(self, method, timeout=30):
+        t = time.time()
+        while time.time() - t < timeout:
+            for i, e in enumerate(self.events):
+                if e['method'] == method: return self.events.pop(i)
+            self.ws.settimeout(max(0.1, timeout - (time.time() - t)))
+            try: self._recv()
+            except Exception: break
+        raise TimeoutError(f'no {method} within {timeout} s')
+
+    def open(self, url, timeout=30):
+        "Load `url`; returns the URLs of every request the page made (until the network is quiet)."
+        self.events.clear(); self.requests = []
+        self.call('Page.navigate', url=url)
+        self.wait_for('Page.loadEventFired', timeout)
+        self.settle()
+        return list(self.requests)
+
+    def settle(self, quiet=1.0, timeout=10):
+        "Let late requests (scripts that fetch, lazy images) happen: wait until none starts for `quiet` seconds."
+        t, n, last = time.time(), len(self.requests), time.time()
+        self.ws.settimeout(0.2)
+        while time.time() - t < timeout and time.time() - last < quiet:
+            try: self._recv()
+            except Exception: pass
+            if len(self.requests) != n: n, last = len(self.requests), time.time()
+
+    def js(self, expr, timeout=30):
+        r = self.call('Runtime.evaluate', expression=expr, returnByValue=True, awaitPromise=True, timeout=timeout*1000)
+        if 'exceptionDetails' in r: raise RuntimeError(f'{expr[:60]}...: {r["exceptionDetails"].get("text")}')
+        return r['result'].get('value')
+
+    def screenshot(self, path, full=False):
+        r = self.call('Page.captureScreenshot', format='png', captureBeyondViewport=full)
+        Path(path).write_bytes(base64.b64decode(r['data']))
+
+    def close(self):
+        try: self.ws.close()
+        except Exception: pass
+        try: os.killpg(self.proc.pid, signal.SIGTERM); self.proc.wait(10)
+        except Exception:
+            try: os.killpg(self.proc.pid, signal.SIGKILL)
+            except Exception: pass
+        shutil.rmtree(self.prof, ignore_errors=True)
+
+def left_site(requests, base):
+    "The requests that went anywhere but the site itself."
+    return [u for u in requests if not u.startswith(base) and not u.startswith(('data:', 'blob:', 'about:'))]
+
+SIDEBAR_JS = """(() => {
+  const nav = document.querySelector('#pst-primary-sidebar nav, .bd-sidebar-primary nav, nav.bd-links');
+  if (!nav || !nav.offsetParent) return null;
+  return Array.from(nav.querySelectorAll('a')).map(a => a.getAttribute('href'));
+})()"""
+PLOTS_JS = """Array.from(document.querySelectorAll('.cell_output img')).filter(i => i.complete && i.naturalWidth > 50)
+  .map(i => i.getAttribute('src'))"""
+ENTRY_JS = """(() => { const e = document.getElementById('learner-fit');
+  return e ? e.textContent.trim() : null; })()"""
+SEARCH_JS = """new Promise(done => { const t0 = Date.now(); (function poll() {
+  const hits = Array.from(document.querySelectorAll('#search-results ul.search li a, ul.search li a'));
+  if (hits.length || Date.now() - t0 > 20000) done(hits.map(a => a.getAttribute('href')));
+  else setTimeout(poll, 200); })(); })"""
+
+def scroll_to(b, selector):
+    return b.js(f"""(() => {{ const e = document.querySelector({json.dumps(selector)}); if (!e) return false;
+        e.scrollIntoView({{block: 'center'}}); return true; }})()""")
+
+def check_pages(b, base, out, log=print):
+    "Open the pages and check them; returns the failures."
+    errs, lessons = [], [p for _, p in LESSONS if p != 'index']
+    for name, page in LESSONS:
+        url = base + f'{page}.html'
+        try: reqs = b.open(url)
+        except Exception as e: errs.append(f'{name}: {url} did not load: {e}'); continue
+        b.screenshot(out/f'{name}.png')
+        log(f'{name}: {url}: {len(reqs)} requests, screenshot {out/f"{name}.png"}')
+        bad = left_site(reqs, base)
+        if bad: errs.append(f'{name}: requests left the site: {bad}')
+        if not any(u.startswith(url) for u in reqs): errs.append(f'{name}: the page itself was not requested ({reqs[:3]})')
+        title = b.js('document.title') or ''
+        h1 = b.js("(document.querySelector('main h1, article h1') || {}).textContent || ''").strip().rstrip('#').strip()
+        if 'miniai' not in title: errs.append(f'{name}: title {title!r} does not name the site (miniai)')
+        if page != 'index' and (not h1 or h1 not in title): errs.append(f'{name}: title {title!r} is not the page\'s heading {h1!r}')
+        links = b.js(SIDEBAR_JS)
+        if links is None: errs.append(f'{name}: no visible sidebar navigation')
+        else:
+            here = lambda h, l: l == page and (h or '').startswith('#')   # the current page links to itself as '#'
+            missing = [l for l in lessons if not any((h or '').split('#')[0].endswith(f'{l}.html') or here(h, l) for h in links)]
+            if missing: errs.append(f'{name}: the sidebar has no link to {missing}')
+        if page != 'index':
+            plots = b.js(PLOTS_JS)
+            if not plots: errs.append(f'{name}: no rendered plot (a loaded image in a cell output)')
+            elif scroll_to(b, '.cell_output img'):
+                time.sleep(0.3); b.screenshot(out/f'{name}-plot.png')
+        if page == 'learner':
+            entry = b.js(ENTRY_JS)
+            if entry != 'Learner.fit': errs.append(f'{name}: no Learner.fit entry (an element with id learner-fit): {entry!r}')
+            elif scroll_to(b, '#learner-fit'): time.sleep(0.3); b.screenshot(out/'learner-fit.png')
+    url = base + 'api.html'
+    try:
+        reqs = b.open(url)
+        b.screenshot(out/'api.png')
+        bad = left_site(reqs, base)
+        if bad: errs.append(f'api: requests left the site: {bad}')
+        if not b.js("!!document.getElementById('miniai.learner.Learner.fit')"):
+            errs.append('api: the API reference has no entry for miniai.learner.Learner.fit')
+        elif scroll_to(b, '[id="miniai.learner.Learner.fit"]'): time.sleep(0.3); b.screenshot(out/'api-fit.png')
+        log(f'api: {url}: {len(reqs)} requests, screenshot {out/"api.png"}')
+    except Exception as e: errs.append(f'api: {url}: {e}')
+    url = base + 'search.html?q=lr_find'
+    try:
+        reqs = b.open(url)
+        hits = b.js(SEARCH_JS) or []
+        b.screenshot(out/'search.png')
+        log(f'search: {url}: {len(hits)} results, screenshot {out/"search.png"}')
+        bad = left_site(reqs + b.requests, base)
+        if bad: errs.append(f'search: requests left the site: {bad}')
+        if not any((h or '').split('?')[0].split('#')[0].endswith('learner.html') for h in hits):
+            errs.append(f'search: searching for lr_find does not list the Learner page: {hits[:10]}')
+    except Exception as e: errs.append(f'search: {url}: {e}')
+    return errs
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    ap.add_argument('--no-build', action='store_true', help='check the site that is there; do not run nbdev_docs')
-    ap.add_argument('--site', default=str(root/'_docs'), help='the built site (default: _docs/)')
-    ap.add_argument('--out', default=None, help='folder for the screenshots (default: a new temporary folder)')
+    ap.add_argument('--no-build', action='store_true', help='check the site that is there; do not build it')
+    ap.add_argument('--site', default=str(bd.SITE), help='the built site (default: _docs/)')
+    ap.add_argument('--out', default=None, help='folder for the screenshots (default: SITE/_screenshots)')
     a = ap.parse_args(argv)
-    t0, site = time.time(), Path(a.site)
+    t0, site = time.time(), Path(a.site).resolve()
     exe = chromium_bin()
     if not exe: cannot('cannot run: no chromium on PATH (Debian: apt-get install chromium)')
-    if not a.no_build: build()
-    if not (site/'index.html').exists(): cannot(f'no site at {site} (no index.html): build it first')
-    out = Path(a.out) if a.out else Path(tempfile.mkdtemp(prefix='miniai-docs-shots-'))
+    try: import websocket  # noqa: F401
+    except ImportError: cannot('cannot run: no websocket-client (pip install -e ".[dev]")')
+    if a.no_build:
+        if not (site/'index.html').exists(): cannot(f'no site at {site} (no index.html): build it first')
+        errs = bd.scan_site(site)
+    else:
+        errs, notes = bd.build(site)
+        if notes: print('notes on the notebooks:', *notes, sep='\n  ', file=sys.stderr)
+        if errs:
+            print('FAIL: the documentation build found problems:', *errs, sep='\n  ', file=sys.stderr)
+            return 1
+    out = Path(a.out) if a.out else site/'_screenshots'
     out.mkdir(parents=True, exist_ok=True)
-
-    errs = scan_site(site)
-    learner, augment = find_page(site, 'learner'), find_page(site, 'augment')
-    if learner is None: errs.append('no page for the Learner notebook (09_learner) in the site')
-    if augment is None: errs.append('no page for the augmentation notebook (14_augment) in the site')
-    pages = [('home', site/'index.html', {}),
-             ('learner', learner, dict(plot=True, api='Learner.fit')),
-             ('augment', augment, dict(plot=True))]
-    nav_to = [p.name for _, p, _ in pages if p is not None]
     srv = serve(site)
+    base = f'http://127.0.0.1:{srv.server_address[1]}/'
+    b = None
     try:
-        base = f'http://127.0.0.1:{srv.server_address[1]}/'
-        for name, page, kw in pages:
-            if page is None: continue
-            url = base + page.relative_to(site).as_posix()
-            shot = out/f'{name}.png'
-            r = run_chromium(exe, url, ['--window-size=1280,1600', f'--screenshot={shot}'])
-            if not shot.exists() or shot.stat().st_size < 5000:
-                errs.append(f'{name}: no screenshot from chromium (exit {r.returncode}): {r.stderr[-500:]}')
-            dom = run_chromium(exe, url, ['--dump-dom'])
-            if dom.returncode != 0 or '<html' not in dom.stdout.lower():
-                errs.append(f'{name}: chromium could not render {url} (exit {dom.returncode}): {dom.stderr[-500:]}'); continue
-            errs += check_dom(name, dom.stdout, base, nav_to=nav_to, **kw)
-            print(f'{name}: {url} -> {shot}')
-    finally: srv.shutdown()
+        b = Browser(exe)
+        errs += check_pages(b, base, out)
+    except Exception as e: errs.append(f'the browser check could not run: {type(e).__name__}: {e}')
+    finally:
+        if b: b.close()
+        srv.shutdown()
     print(f'screenshots in {out}; docs check took {time.time()-t0:.0f} s')
     if errs:
         print('FAIL: the documentation site check found problems:', *errs, sep='\n  ', file=sys.stderr)
