@@ -97,7 +97,7 @@ def main(argv=None):
     from torch.optim import lr_scheduler
     from torcheval.metrics import MulticlassAccuracy
     from miniai.accel import MixedPrecisionCB, machine_info
-    from miniai.beyond import resnet
+    from miniai.resnet import resnet
     from miniai.datasets import DataLoaders, XMEAN, XSTD, fashion_mnist_dls, find_fashion_mnist, inplace, load_fashion_mnist
     from miniai.init import init_weights
     from miniai.learner import Callback, DeviceCB, MetricsCB, ProgressCB, TrainLearner

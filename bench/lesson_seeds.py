@@ -3,55 +3,37 @@
 `cnn`: lesson 11's `get_model` (stride-2 convs, 8 to 64 channels, BatchNorm, GeneralRelu(0.1, 0.4), Kaiming init),
 AdamW, 1cycle with peak lr 6e-2, 5 epochs, batch 1024: the lesson reports 90.6%.
 `deeper`: the same with a stride-1 first conv and 8 to 128 channels (notebook 13's `get_deeper`), same training: 91.7%.
+Both are recipes of `miniai.recipes`, trained by `miniai.train.train`, the function behind `miniai-train`.
 The lesson trained in fp32 on a GPU; `--precision fp32` is that (the default), `bf16` is miniai's fast CPU setup.
 
 Usage: python bench/lesson_seeds.py [--models cnn deeper] [--seeds 42 1 2] [--epochs 5] [--lr 0.06] [--bs 1024]
                                     [--precision fp32|bf16] [--threads N] [--out FILE]
 Prints one line per run and a summary table (mean, lowest, highest); `--out` also writes them to FILE.
 """
-import argparse, statistics, time
-from functools import partial
+import argparse, statistics
 
 import torch
-import torch.nn.functional as F
-from torch import nn, optim
-from torch.optim import lr_scheduler
-from torcheval.metrics import MulticlassAccuracy
 
 from miniai.datasets import fashion_mnist_dls, find_fashion_mnist
-from miniai.learner import TrainLearner, MetricsCB, DeviceCB
-from miniai.activations import set_seed
 from miniai.accel import machine_info
-from miniai.init import get_model, init_weights
-from miniai.resnet import act_gr, get_deeper
-from miniai.sgd import BatchSchedCB
-from miniai.beyond import _number  # miniai-train's checked argparse types
+from miniai.train import number_arg, train
 
 LESSON = {'cnn': 0.906, 'deeper': 0.917}
 
-MODELS = {'cnn': lambda: get_model(act_gr, norm=nn.BatchNorm2d), 'deeper': lambda: get_deeper(act_gr)}
-
 def run(name, seed, dls, epochs, lr, precision):
-    "Train model `name` from `seed` as the lesson does; return its final test accuracy and the seconds it took."
-    set_seed(seed)
-    model = MODELS[name]().apply(partial(init_weights, leaky=0.1))
-    sched = partial(lr_scheduler.OneCycleLR, max_lr=lr, total_steps=epochs * len(dls.train))
-    metrics = MetricsCB(accuracy=MulticlassAccuracy())
-    learn = TrainLearner(model, dls, F.cross_entropy, lr=lr, cbs=[DeviceCB(), metrics, BatchSchedCB(sched)], opt_func=optim.AdamW)
-    if precision == 'bf16': learn.to_fast(torch.bfloat16)
-    start = time.perf_counter()
-    learn.fit(epochs)
-    return metrics.history[-1]['accuracy'], time.perf_counter() - start
+    "Train recipe `name` from `seed`; return its final test accuracy and the seconds it took."
+    _, res = train(name, epochs=epochs, bs=dls.train.bs, lr=lr, precision=precision, seed=seed, progress=False, dls=dls)
+    return res['accuracy'], res['train_seconds']
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument('--models', nargs='+', choices=list(MODELS), default=list(MODELS))
-    p.add_argument('--seeds', nargs='+', type=_number(int, 'a seed', minimum=0, maximum=2**32 - 1), default=[42, 1, 2])
-    p.add_argument('--epochs', type=_number(int, '--epochs', minimum=1), default=5)
-    p.add_argument('--lr', type=_number(float, '--lr', positive=True), default=6e-2)
-    p.add_argument('--bs', type=_number(int, '--bs', minimum=1), default=1024, help="training batch size (the lesson's: 1024)")
+    p.add_argument('--models', nargs='+', choices=list(LESSON), default=list(LESSON))
+    p.add_argument('--seeds', nargs='+', type=number_arg(int, 'a seed', minimum=0, maximum=2**32 - 1), default=[42, 1, 2])
+    p.add_argument('--epochs', type=number_arg(int, '--epochs', minimum=1), default=5)
+    p.add_argument('--lr', type=number_arg(float, '--lr', positive=True), default=6e-2)
+    p.add_argument('--bs', type=number_arg(int, '--bs', minimum=1), default=1024, help="training batch size (the lesson's: 1024)")
     p.add_argument('--precision', choices=['fp32', 'bf16'], default='fp32')
-    p.add_argument('--threads', type=_number(int, '--threads', minimum=1), default=None)
+    p.add_argument('--threads', type=number_arg(int, '--threads', minimum=1), default=None)
     p.add_argument('--out', default=None, help='also write the lines printed to this file')
     args = p.parse_args()
     if args.threads: torch.set_num_threads(args.threads)

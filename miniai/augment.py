@@ -7,6 +7,7 @@ from __future__ import annotations
 from functools import partial
 
 import fastcore.all as fc
+from fastcore.basics import patch
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -18,8 +19,8 @@ from .init import *
 from .resnet import *
 
 # %% auto #0
-__all__ = ['tfm_batch', 'show_image_batch', 'batch_crop_flip', 'CropFlip', 'CapturePreds', 'capture_preds', 'rand_erase',
-           'RandErase', 'rand_copy', 'RandCopy']
+__all__ = ['tfm_batch', 'batch_crop_flip', 'CropFlip', 'CapturePreds', 'shift', 'hflip', 'tta_views', 'tta_preds', 'accuracy',
+           'rand_erase', 'RandErase', 'rand_copy', 'RandCopy']
 
 # %% ../nbs/14_augment.ipynb #352918a0
 def tfm_batch(b, tfm_x=fc.noop, tfm_y=fc.noop):
@@ -35,12 +36,13 @@ class _GrabBatch(Callback):
         raise CancelFitException()
 
 # %% ../nbs/14_augment.ipynb #8903e63e
-@fc.patch
+@patch
 @fc.delegates(show_images)
 def show_image_batch(self:Learner, max_n=9, cbs=None, **kwargs):
     "Show the first `max_n` inputs of a training batch as the model would see them, after `cbs` and the learner's callbacks."
     grab, was_training = _GrabBatch(), self.model.training
-    try: self.fit(1, cbs=[grab] + fc.L(cbs), valid=False, lr=0. if self.lr is None else None)  # no step is taken: any lr will do
+    try:
+        with self.quiet(): self.fit(1, cbs=[grab] + fc.L(cbs), valid=False, lr=0. if self.lr is None else None)  # no step is taken: any lr will do
     finally: self.model.train(was_training)
     if not hasattr(grab, 'batch'): raise ValueError("show_image_batch: the training data loader yielded no batch.")
     xb, yb = grab.batch[0], grab.batch[1]
@@ -85,13 +87,47 @@ class CapturePreds(Callback):
         self.all_preds, self.all_targs, self.all_inps = cat(self.all_preds), cat(self.all_targs), cat(self.all_inps)
 
 # %% ../nbs/14_augment.ipynb #5526e285
-@fc.patch
-def capture_preds(self:Learner, cbs=None, inps=False):
-    "Predictions and targets (and inputs with `inps=True`) over `dls.valid`, in order, after `cbs`."
+@patch
+def capture_preds(self:Learner, cbs=None, inps=False, dl=None):
+    "Predictions and targets (and inputs with `inps=True`) over `dl` (default: `dls.valid`), in order, after `cbs`: a quiet pass."
     cp = CapturePreds(inps=inps)
-    self.fit(1, train=False, cbs=[cp] + fc.L(cbs), lr=0. if self.lr is None else None)  # validation only: no step
+    with self.quiet(valid=dl): self.fit(1, train=False, cbs=[cp] + fc.L(cbs), lr=0. if self.lr is None else None)  # no step
     res = cp.all_preds, cp.all_targs
     return res + (cp.all_inps,) if inps else res
+
+# %% ../nbs/14_augment.ipynb #38675e24
+def shift(x, dy=0, dx=0, fill=0.):
+    "Move a batch of images (`... x h x w`) down by `dy` and right by `dx` pixels (negative: up/left), filling with `fill`."
+    p = max(abs(dy), abs(dx))
+    if p == 0: return x
+    h, w = x.shape[-2:]
+    xp = F.pad(x, (p, p, p, p), value=fill)
+    return xp[..., p-dy:p-dy+h, p-dx:p-dx+w]
+
+# %% ../nbs/14_augment.ipynb #1c898f0d
+def hflip(x):
+    "Mirror a batch of images left to right."
+    return x.flip(-1)
+
+def tta_views(kind='flip'):
+    "Test-time views by name: 'none' (the image), 'flip' (and its mirror), 'shift' (and its one-pixel shifts), 'flip+shift' (all of them)."
+    shifts = [partial(shift, dy=dy, dx=dx) for dy, dx in ((1, 0), (-1, 0), (0, 1), (0, -1))]
+    views = {'none': [fc.noop], 'flip': [fc.noop, hflip], 'shift': [fc.noop] + shifts, 'flip+shift': [fc.noop, hflip] + shifts}
+    if kind not in views: raise ValueError(f"tta_views: unknown kind {kind!r}; choose one of {', '.join(map(repr, views))}.")
+    return views[kind]
+
+def tta_preds(learn, views, dl=None):
+    "Mean softmax probabilities of `learn.model` over the test-time `views` of `dl` (default: `dls.valid`), and the targets."
+    if not views: raise ValueError("tta_preds: views is empty; pass at least one view, e.g. tta_views('none') for the images as they are.")
+    probs = []
+    for view in views:
+        preds, targs = learn.capture_preds(cbs=BatchTransformCB(partial(tfm_batch, tfm_x=view), on_train=False), dl=dl)
+        probs.append(preds.float().softmax(1))
+    return torch.stack(probs).mean(0), targs
+
+def accuracy(probs, targs):
+    "Share of rows of `probs` whose largest entry is at the target class."
+    return (probs.argmax(1) == targs).float().mean().item()
 
 # %% ../nbs/14_augment.ipynb #38d98aae
 def _rand_patch(h, w, pct):

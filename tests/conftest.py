@@ -2,7 +2,9 @@
 
 Every test runs on the small real Fashion-MNIST sample that ships inside the package (`MINIAI_QUICK=1`), so the suite
 passes on a machine with neither the Debian package nor a network. Caches go to temporary folders, never to the
-developer's `~/.cache/miniai`, and matplotlib draws off-screen.
+developer's `~/.cache/miniai`, and matplotlib draws off-screen. The test files don't repeat any of this.
+
+Shared helpers live here too: `from conftest import DLs`.
 """
 import os
 
@@ -14,6 +16,11 @@ import matplotlib
 matplotlib.use('Agg')
 
 import pytest
+
+
+class DLs:
+    "Stand-in for `DataLoaders`: any iterables of batches as `train` and `valid` (`valid` defaults to `train`)."
+    def __init__(self, train, valid=None): self.train, self.valid = train, (train if valid is None else valid)
 
 
 def pytest_report_header(config):

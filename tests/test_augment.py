@@ -3,13 +3,6 @@ test-time augmentation), random erasing and random copying.
 
 All on tiny synthetic tensors and models.
 """
-import os
-os.environ.setdefault('MINIAI_QUICK', '1')
-os.environ.setdefault('MPLBACKEND', 'Agg')
-
-import matplotlib
-matplotlib.use('Agg')
-
 import copy
 from functools import partial
 
@@ -26,15 +19,13 @@ from miniai.datasets import *
 from miniai.init import *
 import miniai.augment as augment
 from miniai.augment import *
+from miniai.resnet import resnet
+
+from conftest import DLs
 
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Helpers
-
-class DLs:
-    "Stand-in for `DataLoaders`: lists of batches as `train` and `valid`."
-    def __init__(self, train, valid=None): self.train, self.valid = train, (train if valid is None else valid)
-
 
 def img_batches(sizes, shape=(1, 8, 8), seed=0):
     "Batches of images `(bs, *shape)` with labels 0..9, one batch per entry of `sizes`."
@@ -269,6 +260,25 @@ def test_capture_preds_in_order():
     torch.testing.assert_close(res[0], expected); assert torch.equal(res[1], y); assert torch.equal(res[2], x)
 
 
+def test_capture_preds_keeps_the_training_history_and_prints_nothing(capsys):
+    metrics, progress = MetricsCB(), ProgressCB()
+    learn = TrainLearner(tiny_cnn(), DLs(img_batches([4, 4])), F.cross_entropy, lr=0.1, cbs=[metrics, progress])
+    learn.fit(1)
+    history = copy.deepcopy(metrics.history)
+    capsys.readouterr()
+    learn.capture_preds()
+    assert metrics.history == history and capsys.readouterr().out == ''  # a quiet pass: no table, history untouched
+    assert list(learn.cbs) == [metrics, progress]
+
+
+def test_capture_preds_on_another_loader():
+    train, other = img_batches([4]), img_batches([3, 2], seed=5)
+    learn = TrainLearner(tiny_cnn(), DLs(train), F.cross_entropy, lr=0.1)
+    preds, targs = learn.capture_preds(dl=other)
+    assert torch.equal(targs, torch.cat([b[1] for b in other])) and preds.shape == (5, 10)
+    assert learn.dls.valid is train  # the learner's own loaders are back
+
+
 def test_capture_preds_uses_eval_mode():
     "BatchNorm in eval mode uses running stats: preds must match model.eval()(x), not train-mode batch statistics."
     batches = img_batches([5, 5], seed=8)
@@ -404,73 +414,15 @@ def test_rand_erase_zero_patches_is_identity():
     assert torch.equal(rand_copy(x, max_num=0), orig)
 
 
-def test_rand_erase_module_calls_through():
-    m = RandErase(pct=0.25, max_num=3, min_num=2)
-    assert (m.pct, m.max_num, m.min_num) == (0.25, 3, 2)
+@pytest.mark.parametrize('module,fn,kw,changes', [(RandErase, rand_erase, dict(pct=0.25, max_num=3, min_num=2), True),
+                                               (RandCopy, rand_copy, dict(pct=0.3, max_num=2, min_num=1), False)])
+def test_rand_modules_call_through(module, fn, kw, changes):
+    m = module(**kw)
+    assert (m.pct, m.max_num, m.min_num) == tuple(kw.values())
     x = torch.randn(4, 1, 8, 8)
     torch.manual_seed(3); a = m(x.clone())
-    torch.manual_seed(3); b = rand_erase(x.clone(), 0.25, 3, 2)
-    assert torch.equal(a, b) and not torch.equal(a, x)
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# rand_copy
-
-def test_rand_copy_values_from_same_image():
-    torch.manual_seed(4)
-    x = torch.randn(6, 2, 10, 10)
-    orig = x.clone()
-    out = rand_copy(x, pct=0.3, max_num=4, min_num=2)
-    assert out is x
-    changed = out != orig
-    assert changed.any()
-    for b in range(6):
-        for c in range(2):
-            assert torch.isin(out[b, c][changed[b, c]], orig[b, c]).all()
-
-
-def test_rand_copy_patch_equals_source(count_patches):
-    torch.manual_seed(5)
-    for _ in range(10):
-        count_patches.clear()
-        x = torch.randn(3, 2, 10, 12)
-        orig = x.clone()
-        out = rand_copy(x, pct=0.3, max_num=1, min_num=1)
-        assert len(count_patches) == 2
-        (rs1, cs1), (rs2, cs2) = count_patches   # destination, then source
-        assert torch.equal(out[..., rs1, cs1], orig[..., rs2, cs2])
-        rest = torch.ones(10, 12, dtype=torch.bool); rest[rs1, cs1] = False
-        assert torch.equal(out[..., rest], orig[..., rest])
-
-
-def test_rand_copy_single_patch_is_one_rectangle():
-    torch.manual_seed(6)
-    for _ in range(10):
-        x = torch.randn(2, 1, 10, 10)
-        orig = x.clone()
-        changed = (rand_copy(x, pct=0.4, max_num=1, min_num=1) != orig).any(0).any(0)
-        if not changed.any(): continue  # source and destination happened to coincide
-        rows, cols = changed.any(1).nonzero().flatten(), changed.any(0).nonzero().flatten()
-        assert rows.max() - rows.min() + 1 <= 4 and cols.max() - cols.min() + 1 <= 4
-
-
-def test_rand_copy_overlapping_patches(monkeypatch):
-    "Source and destination overlap: the destination must get the source's original values."
-    patches = iter([(slice(0, 3), slice(0, 3)), (slice(1, 4), slice(1, 4))])
-    monkeypatch.setattr(augment, '_rand_patch', lambda h, w, pct: next(patches))
-    x = torch.randn(2, 1, 6, 6)
-    orig = x.clone()
-    out = rand_copy(x, pct=0.5, max_num=1, min_num=1)
-    assert torch.equal(out[..., 0:3, 0:3], orig[..., 1:4, 1:4])
-
-
-def test_rand_copy_module_calls_through():
-    m = RandCopy(pct=0.3, max_num=2, min_num=1)
-    assert (m.pct, m.max_num, m.min_num) == (0.3, 2, 1)
-    x = torch.randn(4, 1, 8, 8)
-    torch.manual_seed(7); a = m(x.clone())
-    torch.manual_seed(7); b = rand_copy(x.clone(), 0.3, 2, 1)
-    assert torch.equal(a, b)
+    torch.manual_seed(3); b = fn(x.clone(), *kw.values())
+    assert torch.equal(a, b) and (not changes or not torch.equal(a, x))
 
 
 def test_erase_and_copy_in_batch_transform():
@@ -487,3 +439,63 @@ def test_erase_and_copy_in_batch_transform():
     assert len(seen) == 2
     assert seen[0].shape == orig.shape and not torch.equal(seen[0], orig)
     assert torch.equal(seen[1], orig)  # validation batches are left alone
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Test-time views: shift, tta_views, tta_preds, accuracy (on the shipped Fashion-MNIST sample)
+
+@pytest.fixture(scope='module')
+def fmnist(): return fashion_mnist_dls(bs=256)
+
+
+def test_shift_moves_pixels_and_fills():
+    x = torch.arange(16.).reshape(1, 1, 4, 4)
+    assert torch.equal(shift(x, 1, 0)[..., 1:, :], x[..., :-1, :])
+    assert torch.equal(shift(x, 1, 0)[..., 0, :], torch.zeros(1, 1, 4))
+    assert torch.equal(shift(x, 0, -2, fill=-1.)[..., :2], x[..., 2:])
+    assert (shift(x, 0, -2, fill=-1.)[..., 2:] == -1).all()
+    assert torch.equal(shift(x, -1, 1), shift(shift(x, -1, 0), 0, 1)[..., :, :])
+
+
+def test_tta_views():
+    assert len(tta_views('none')) == 1 and len(tta_views('flip')) == 2 and len(tta_views('flip+shift')) == 6
+    x = torch.randn(2, 1, 5, 5)
+    assert torch.equal(tta_views('flip')[1](x), x.flip(-1))
+    views = tta_views('flip+shift')
+    assert torch.equal(views[0](x), x) and torch.equal(views[1](x), x.flip(-1))
+    assert [torch.equal(v(x), shift(x, dy, dx)) for v, (dy, dx) in zip(views[2:], [(1, 0), (-1, 0), (0, 1), (0, -1)])] == [True] * 4
+    shifts = tta_views('shift')
+    assert len(shifts) == 5 and torch.equal(shifts[0](x), x)
+    assert [torch.equal(a(x), b(x)) for a, b in zip(shifts[1:], views[2:])] == [True] * 4  # the same shifts, no mirror
+    with pytest.raises(ValueError, match="unknown kind 'rotate'"): tta_views('rotate')
+
+
+def _learner(fmnist):
+    learn = TrainLearner(resnet(first='conv', nfs=(8, 16, 32)), fmnist, F.cross_entropy, lr=0.01, cbs=[MetricsCB(), ProgressCB()])
+    learn.fit(1, train=False)  # evaluation only; leaves a history to be kept
+    return learn
+
+
+def test_tta_preds_with_the_identity_view_is_the_softmax_of_capture_preds(fmnist):
+    learn = _learner(fmnist)
+    learn.model.eval()
+    preds, targs = learn.capture_preds()
+    probs, targs2 = tta_preds(learn, tta_views('none'))
+    assert torch.equal(targs, targs2) and torch.equal(targs, fmnist.valid.y)
+    torch.testing.assert_close(probs, preds.float().softmax(1))
+
+
+def test_tta_preds_averages_the_views_and_keeps_callbacks_and_history(fmnist):
+    learn = _learner(fmnist)
+    cbs = list(learn.cbs)
+    p_id, _ = learn.capture_preds()
+    p_fl, _ = learn.capture_preds(cbs=[BatchTransformCB(lambda b: (b[0].flip(-1), b[1]), on_train=False)])
+    probs, targs = tta_preds(learn, tta_views('flip'))
+    torch.testing.assert_close(probs, (p_id.softmax(1) + p_fl.softmax(1)) / 2)
+    learn2 = _learner(fmnist)
+    h2 = list(learn2.metrics.history)
+    tta_preds(learn2, tta_views('flip'))
+    assert learn2.metrics.history == h2 and [type(c) for c in learn2.cbs] == [type(c) for c in cbs]
+    assert accuracy(probs, targs) == (probs.argmax(1) == targs).float().mean().item()
+    assert accuracy(torch.eye(3), torch.tensor([0, 1, 0])) == pytest.approx(2 / 3)
+    with pytest.raises(ValueError, match='views is empty'): tta_preds(learn, [])

@@ -8,7 +8,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT/'bench'))
 import lesson_seeds  # noqa: E402
-from miniai.resnet import get_deeper  # noqa: E402
+from miniai.recipes import ARCHS, RECIPES  # noqa: E402
 
 
 def _run(*args, **env):
@@ -16,10 +16,13 @@ def _run(*args, **env):
                           env={**os.environ, 'MINIAI_QUICK': '1', **env}, cwd=ROOT, timeout=600)
 
 
-def test_lesson_seeds_models_have_the_lessons_shapes():
+def test_lesson_seeds_models_are_recipes_with_the_lessons_shapes():
     x = torch.randn(2, 1, 28, 28)
-    for name, model in lesson_seeds.MODELS.items(): assert model()(x).shape == (2, 10), name
-    deeper = get_deeper()
+    for name in lesson_seeds.LESSON:
+        r = RECIPES[name]
+        assert (r.epochs, r.lr, r.bs, r.aug, r.tta) == (5, 6e-2, 1024, 'none', 'none'), name  # the lesson's training
+        assert ARCHS[r.arch](**r.model)(x).shape == (2, 10), name
+    deeper = ARCHS['deeper']()
     convs = [m for m in deeper.modules() if isinstance(m, torch.nn.Conv2d)]
     assert [c.out_channels for c in convs] == [8, 16, 32, 64, 128, 10] and convs[0].stride == (1, 1)
 

@@ -3,10 +3,6 @@
 The summary figures of the lesson's global-average-pooling ResNets are checked exactly, on one validation batch of the
 quick-mode Fashion-MNIST sample (the models are only built and run forward once, never trained).
 """
-import os
-os.environ.setdefault('MINIAI_QUICK', '1')
-os.environ.setdefault('MPLBACKEND', 'Agg')
-
 import copy, re
 
 import pytest
@@ -19,6 +15,8 @@ from miniai.datasets import *
 from miniai.init import *
 from miniai.resnet import *
 from miniai.resnet import _conv_block, _flops
+
+from conftest import DLs
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -270,9 +268,7 @@ def test_summary_uses_traincb_n_inp():
     class Two(nn.Module):
         def __init__(self): super().__init__(); self.lin = nn.Linear(3, 2)
         def forward(self, a, b): return self.lin(a + b)
-    class DLs:
-        train = valid = [(torch.randn(4, 3), torch.randn(4, 3), torch.randn(4, 2))]
-    learn = Learner(Two(), DLs(), F.mse_loss, cbs=[TrainCB(n_inp=2)])
+    learn = Learner(Two(), DLs([(torch.randn(4, 3), torch.randn(4, 3), torch.randn(4, 2))]), F.mse_loss, cbs=[TrainCB(n_inp=2)])
     learn.fit(1)  # trains fine with both inputs ...
     s = learn.summary()  # ... so summary should use both too
     assert s.rows == [('Linear', (4, 3), (4, 2), 8, pytest.approx(8/1e6))]
@@ -293,3 +289,32 @@ def test_global_avg_pool():
     assert out.shape == (2, 3)
     torch.testing.assert_close(out, x.mean((2, 3)))
     torch.testing.assert_close(out[1, 2], x[1, 2].sum() / 20)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# resnet(): one builder for the family
+
+@pytest.mark.parametrize('kwargs,params,mflops', [
+    (dict(nfs=(16, 32, 64, 128, 256, 512), head='flatten'), 4_907_588, 22.0),
+    (dict(), 1_231_428, 18.3),
+    (dict(first='conv'), 1_224_948, 13.3)])
+def test_resnet_variants_match_the_lesson_figures(dls, kwargs, params, mflops):
+    s = TrainLearner(resnet(**kwargs), dls, F.cross_entropy).summary()
+    assert (s.params, round(s.mflops, 1)) == (params, mflops)
+
+
+def test_resnet_output_shape_and_pooling_on_bigger_images():
+    assert resnet()(torch.randn(3, 1, 28, 28)).shape == (3, 10)
+    assert resnet()(torch.randn(3, 1, 64, 64)).shape == (3, 10)  # the pooled head takes any size
+    with pytest.raises(RuntimeError): resnet(head='flatten')(torch.randn(3, 1, 64, 64))  # a 2x2 grid left
+
+
+def test_resnet_dropout_adds_a_layer():
+    assert any(isinstance(m, torch.nn.Dropout) for m in resnet(drop=0.2))
+    assert not any(isinstance(m, torch.nn.Dropout) for m in resnet())
+
+
+@pytest.mark.parametrize('kwargs,msg', [(dict(head='avg'), "head must be 'pool'"), (dict(first='stem'), "first must be 'block'"),
+                                        (dict(nfs=(16,)), 'at least two')])
+def test_resnet_bad_arguments(kwargs, msg):
+    with pytest.raises(ValueError, match=msg): resnet(**kwargs)
