@@ -40,6 +40,11 @@ from .accel import *
 from .sgd import *
 from .resnet import *
 from .augment import *
+from .recipes import *
+from .train import *
+from .loggers import *
+from .interpret import *
+from .inference import *
 
 # %% ../nbs/99_imports.ipynb #ac7387c4
 __all__ = [n for n in dir() if not n.startswith('_')]

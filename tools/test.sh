@@ -4,8 +4,9 @@
 #     modified, unstaged files): notebooks, miniai/ and git must agree (MINIAI_ALLOW_DIRTY=1: warn only);
 #  2. the pytest suite in tests/ (which always runs on the small sample shipped with miniai);
 #  3. every notebook, in quick mode (MINIAI_QUICK=1: the shipped sample instead of the full data);
-#  4. the documentation site: nbdev_docs builds _docs/ with Quarto and tools/docs_check.py checks it in headless
-#     Chromium. Runs only where both `quarto` and `chromium` are installed, and MINIAI_DOCS is not 0.
+#  4. the documentation site: tools/docs_check.py builds _docs/ (tools/build_docs.py: nbdev's notebook processing,
+#     then Sphinx, offline) and checks it in headless Chromium (Debian's `chromium`, which .ci/run installs).
+#     MINIAI_DOCS=0 skips it.
 # Exits non-zero as soon as any step fails.
 set -euo pipefail
 
@@ -60,11 +61,9 @@ if nbdev_test --help 2>/dev/null | grep -q -- '--timing'; then timing=(--timing)
 # oversubscribe it, and PyTorch's threads then spend most of their time waiting for each other (10x slower here).
 MINIAI_QUICK=1 OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" nbdev_test --n_workers 2 "${timing[@]}"
 
-echo '=== 4/4 docs: nbdev_docs + headless Chromium (tools/docs_check.py)'
+echo '=== 4/4 docs: tools/build_docs.py + headless Chromium (tools/docs_check.py)'
 if [[ "${MINIAI_DOCS:-1}" == 0 ]]; then
   echo 'skipped: MINIAI_DOCS=0'
-elif ! command -v quarto >/dev/null 2>&1 || ! command -v chromium >/dev/null 2>&1; then
-  echo "skipped: needs both quarto ($(command -v quarto || echo 'not found')) and chromium ($(command -v chromium || echo 'not found'))"
 else
   OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" python tools/docs_check.py
 fi
