@@ -12,12 +12,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from .datasets import save_atomic
 from .learner import *
 from . import guards
 
 # %% auto #0
-__all__ = ['CheckpointError', 'atomic_save', 'check_writable', 'remove_stale_temps', 'load_file', 'rng_states', 'set_rng_states',
-           'load_weights', 'checkpoint', 'CheckpointCB']
+__all__ = ['CheckpointError', 'atomic_save', 'check_writable', 'load_file', 'rng_states', 'set_rng_states', 'load_weights',
+           'checkpoint', 'CheckpointCB']
 
 # %% ../nbs/09b_checkpoint.ipynb #p9b1c0de
 from fastcore.basics import patch
@@ -29,16 +30,11 @@ class CheckpointError(RuntimeError):
 def atomic_save(obj, fn):
     "`torch.save` `obj` to `fn` through a temporary file and a rename, so `fn` is always either the old or the new file."
     fn = check_writable(fn)
-    tmp = fn.with_name(f'.{fn.name}.tmp{os.getpid()}')
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, fn)
+    try: save_atomic(obj, fn)  # from miniai.datasets, which writes its cache the same way
     except (OSError, RuntimeError) as e:  # torch reports a full disk as e.g. "unexpected pos 64 vs 0"
         kept = f"the previous {fn.name} is intact" if fn.exists() else f"no {fn.name} was written"
         raise CheckpointError(f"Could not write {fn} ({type(e).__name__}: {e}): is the disk full, or a file-size limit "
                               f"reached? Nothing was lost: {kept}. Free some space and save again.") from e
-    finally: tmp.unlink(missing_ok=True)
-    remove_stale_temps(fn)
 
 def check_writable(fn):
     "`fn` as a `Path`, after making sure it can be a file: not a folder, in a folder that exists or can be made."
@@ -48,18 +44,6 @@ def check_writable(fn):
     except (FileExistsError, NotADirectoryError) as e:
         raise NotADirectoryError(f"Can't write {fn}: a file in its path is not a folder ({e}).") from e
     return fn
-
-def _alive(pid):
-    try: os.kill(pid, 0)
-    except ProcessLookupError: return False
-    except PermissionError: pass  # another user's live process
-    return True
-
-def remove_stale_temps(fn):
-    "Delete temporary files that saves of `fn` by processes that have since died (killed mid-save) left behind."
-    for tmp in fn.parent.glob(f'.{fn.name}.tmp*'):
-        pid = tmp.name.rsplit('.tmp', 1)[-1]
-        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)): tmp.unlink(missing_ok=True)
 
 # %% ../nbs/09b_checkpoint.ipynb #19ea39df
 def load_file(fn):

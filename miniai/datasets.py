@@ -18,8 +18,9 @@ from torch.utils.data import DataLoader, default_collate
 # %% auto #0
 __all__ = ['CLASS_NAMES', 'IDX_FILES', 'SYSTEM_DIRS', 'HUB_NAME', 'XMEAN', 'XSTD', 'DataFileError', 'read_idx', 'idx_shape',
            'write_idx', 'cache_dir', 'idx_files', 'sample_dir', 'env_flag', 'quick_mode', 'find_fashion_mnist',
-           'fashion_mnist_tensors', 'CacheWarning', 'load_fashion_mnist', 'inplace', 'collate_dict', 'check_bs',
-           'DataLoaders', 'TensorLoader', 'fashion_mnist_dls', 'show_image', 'subplots', 'get_grid', 'show_images']
+           'fashion_mnist_tensors', 'save_atomic', 'remove_stale_temps', 'CacheWarning', 'load_fashion_mnist',
+           'inplace', 'collate_dict', 'check_bs', 'DataLoaders', 'TensorLoader', 'fashion_mnist_dls', 'show_image',
+           'subplots', 'get_grid', 'show_images']
 
 # %% ../nbs/05_datasets.ipynb #473e6e66
 class DataFileError(ValueError):
@@ -239,20 +240,33 @@ def fashion_mnist_tensors(path=None,  # a folder holding the four IDX files; Non
     except Exception: obj = None
     if _cached_ok(obj, files): return obj['data']
     data = _decode(files)
-    _save_atomic({'version': _CACHE_VERSION, 'key': _cache_key(files), 'data': data}, fn)
-    return data
-
-def _save_atomic(obj, fn):
-    "Save `obj` to a temporary file beside `fn`, then rename it: readers see the old file or the new one, never half of one."
     try:
         fn.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f'.{fn.name}.', suffix='.tmp', dir=fn.parent)
-        os.close(fd)
-        try:
-            torch.save(obj, tmp)
-            os.replace(tmp, fn)
-        finally: Path(tmp).unlink(missing_ok=True)
+        save_atomic({'version': _CACHE_VERSION, 'key': _cache_key(files), 'data': data}, fn)
     except (OSError, RuntimeError) as e: _cache_unwritable(e)  # torch reports a file it can't write as RuntimeError
+    return data
+
+def save_atomic(obj, fn):
+    "`torch.save` `obj` to a temporary file beside `fn`, then rename it: readers see the old file or the new one, never half of one."
+    fn = Path(fn)
+    tmp = fn.with_name(f'.{fn.name}.tmp{os.getpid()}')
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, fn)
+    finally: tmp.unlink(missing_ok=True)
+    remove_stale_temps(fn)
+
+def _alive(pid):
+    try: os.kill(pid, 0)
+    except ProcessLookupError: return False
+    except PermissionError: pass  # another user's live process
+    return True
+
+def remove_stale_temps(fn):
+    "Delete the temporary files that saves of `fn` by processes that have since died (killed mid-save) left behind."
+    for tmp in Path(fn).parent.glob(f'.{Path(fn).name}.tmp*'):
+        pid = tmp.name.rsplit('.tmp', 1)[-1]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)): tmp.unlink(missing_ok=True)
 
 # %% ../nbs/05_datasets.ipynb #e6f4c003
 class CacheWarning(UserWarning):

@@ -3,9 +3,6 @@
 Everything runs on the CPU with tiny synthetic models and batches: PyTorch implements bf16 and fp16 autocast and
 `GradScaler` on the CPU, so the callbacks' logic can be checked without a GPU.
 """
-import os
-os.environ.setdefault('MINIAI_QUICK', '1')
-os.environ.setdefault('MPLBACKEND', 'Agg')
 
 import copy, math, warnings
 
@@ -17,14 +14,12 @@ from torch import nn, optim
 from miniai.learner import *
 import miniai.accel as accel
 from miniai.accel import *
+from conftest import DLs
 
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Helpers
 
-class DLs:
-    "Stand-in for `DataLoaders`: lists of batches as `train` and `valid`."
-    def __init__(self, train, valid=None): self.train, self.valid = train, (train if valid is None else valid)
 
 
 def cls_batches(n, bs=8, shape=(3, 6, 6), nc=4, seed=0):

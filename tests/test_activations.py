@@ -4,11 +4,7 @@
 Everything runs on hand-made tensors and tiny models on synthetic batches, on the CPU.
 """
 import os
-os.environ.setdefault('MINIAI_QUICK', '1')
-os.environ.setdefault('MPLBACKEND', 'Agg')
 
-import matplotlib
-matplotlib.use('Agg')
 
 import math, random
 from types import SimpleNamespace
@@ -23,14 +19,12 @@ from torch import nn
 
 from miniai.learner import *  # first: it silences torcheval's import-time deprecation warning
 from miniai.activations import *
+from conftest import DLs
 
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Helpers
 
-class DLs:
-    "Stand-in for `DataLoaders`: lists of batches as `train` and `valid`."
-    def __init__(self, train, valid): self.train, self.valid = train, valid
 
 
 def reg_batches(n, bs=4, ni=3, seed=0):

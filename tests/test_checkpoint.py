@@ -1,7 +1,5 @@
 """Tests of `miniai.checkpoint`: atomic checkpoints, exact resume after an interruption, safe save/load."""
 import os
-os.environ.setdefault('MINIAI_QUICK', '1')
-os.environ.setdefault('MPLBACKEND', 'Agg')
 
 import random
 from functools import partial

@@ -4,9 +4,6 @@
 Everything runs on hand-made tensors and tiny models on the CPU; the statistical checks of `init_weights` use layers big
 enough for a tight tolerance.
 """
-import os
-os.environ.setdefault('MINIAI_QUICK', '1')
-os.environ.setdefault('MPLBACKEND', 'Agg')
 
 import gc, math, sys, weakref
 from functools import partial
@@ -21,6 +18,7 @@ from miniai.learner import *  # first: it silences torcheval's import-time depre
 from miniai.learner import def_device
 from miniai.activations import *
 from miniai.init import *
+from conftest import DLs
 
 
 def n_params(m): return sum(p.numel() for p in m.parameters())
@@ -180,8 +178,6 @@ def test_get_model_custom_nfs(nfs, size):
 # ---------------------------------------------------------------------------------------------------------------------
 # BatchTransformCB
 
-class DLs:
-    def __init__(self, train, valid): self.train, self.valid = train, valid
 
 
 def reg_batches(n, seed):

@@ -3,12 +3,7 @@
 Everything runs on tiny synthetic data and models, except one check that a small MLP really learns on the quick-mode
 Fashion-MNIST sample that ships with miniai.
 """
-import os
-os.environ.setdefault('MINIAI_QUICK', '1')
-os.environ.setdefault('MPLBACKEND', 'Agg')
 
-import matplotlib
-matplotlib.use('Agg')
 
 import copy, math, re
 from types import SimpleNamespace
@@ -23,14 +18,12 @@ from miniai.learner import *  # first: it silences torcheval's import-time depre
 from miniai.learner import def_device
 from miniai.guards import BatchError, DivergenceCB
 from torcheval.metrics import MulticlassAccuracy
+from conftest import DLs
 
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Helpers
 
-class DLs:
-    "Stand-in for `DataLoaders`: any iterables of batches as `train` and `valid`."
-    def __init__(self, train, valid=None): self.train, self.valid = train, (train if valid is None else valid)
 
 
 def reg_batches(n, bs=4, ni=3, seed=0):

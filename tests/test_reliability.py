@@ -3,9 +3,6 @@
 
 One test per bad input; `BAD_INPUTS` at the bottom lists them.
 """
-import os
-os.environ.setdefault('MINIAI_QUICK', '1')
-os.environ.setdefault('MPLBACKEND', 'Agg')
 
 import math
 from functools import partial
@@ -23,10 +20,9 @@ from miniai.activations import ActivationStats, Hooks
 from miniai.datasets import DataFileError, read_idx, write_idx
 from miniai.sgd import BatchSchedCB
 from torcheval.metrics import MulticlassAccuracy
+from conftest import DLs
 
 
-class DLs:
-    def __init__(self, train, valid=None): self.train, self.valid = train, (train if valid is None else valid)
 
 
 def img_batches(n=2, bs=4, seed=0, **kw):
