@@ -26,6 +26,7 @@ from .sgd import BatchSchedCB
 from .augment import accuracy, tta_preds, tta_views
 from .checkpoint import CheckpointError, CheckpointCB, load_file
 from .recipes import *
+from .loggers import CSVLoggerCB, TensorBoardCB
 
 # %% auto #0
 __all__ = ['PRECISIONS', 'RUN_FILES', 'WORK_FILES', 'used_dtype', 'set_precision', 'make_learner', 'check_out', 'write_files',
@@ -112,7 +113,8 @@ def train(recipe='beyond5',  # a `Recipe`, or the name of one in `RECIPES`
           path=None,         # folder with the Fashion-MNIST IDX files (None: found as `find_fashion_mnist` finds them)
           dls=None,          # `DataLoaders` to use instead (their batch size must be the recipe's)
           resume=False,      # continue the interrupted run in `out` from its last end-of-epoch checkpoint
-          overwrite=False):  # replace the run already in `out` (its files stay until the new ones are complete)
+          overwrite=False,   # replace the run already in `out` (its files stay until the new ones are complete)
+          tensorboard=None): # folder for TensorBoard event files (None: none; needs `pip install -e ".[logging]"`)
     "Train `recipe` on Fashion-MNIST; return the learner and a results dict, and write them to `out`."
     r = get_recipe(recipe, epochs=epochs, bs=bs, lr=lr)
     name = recipe if isinstance(recipe, str) else 'custom'
@@ -128,7 +130,10 @@ def train(recipe='beyond5',  # a `Recipe`, or the name of one in `RECIPES`
         raise ValueError(f"train: the loaders' batch size is {dls.train.bs} but the recipe says {r.bs}; make them agree.")
     else: data = 'the loaders passed in'
     set_seed(seed)
-    learn = make_learner(r, dls, precision, progress, bars, extra_cbs=None if out is None else CheckpointCB(out/'checkpoint.pth'))
+    log = None if out is None else out/'metrics.partial.csv'  # a row per epoch as it goes; metrics.csv once the run is complete
+    cbs = [] if out is None else [CheckpointCB(out/'checkpoint.pth', overwrite=overwrite), CSVLoggerCB(log, append=resume, overwrite=not resume)]
+    if tensorboard is not None: cbs.append(TensorBoardCB(tensorboard))
+    learn = make_learner(r, dls, precision, progress, bars, extra_cbs=cbs)
     if out is not None and not resume:
         out.mkdir(parents=True, exist_ok=True)
         write_files(out, {'run.json': _json_writer(started)})
@@ -148,6 +153,7 @@ def train(recipe='beyond5',  # a `Recipe`, or the name of one in `RECIPES`
         res.update(tta=r.tta, tta_accuracy=accuracy(probs, targs), tta_seconds=round(time.perf_counter() - start, 1))
     if out is not None:
         save_run(learn, res, out)
+        os.replace(log, out/'metrics.csv')
         for f in WORK_FILES: (out/f).unlink(missing_ok=True)  # the run is complete: nothing left to resume
     return learn, res
 
@@ -215,6 +221,8 @@ def parse_args(argv=None):
     again.add_argument('--resume', action='store_true', help='continue the interrupted run in --out from its last finished epoch')
     again.add_argument('--overwrite', action='store_true', help='replace the run already in --out (kept until the new one is complete)')
     p.add_argument('--data', type=Path, help='folder with the Fashion-MNIST IDX files (default: found as miniai finds it)')
+    p.add_argument('--tensorboard', type=Path, metavar='DIR', help='also write TensorBoard event files into DIR '
+                   '(needs: pip install -e ".[logging]"); view them with: tensorboard --logdir DIR')
     p.add_argument('--quick', action='store_true', help='use the 5,000-image sample shipped with miniai (a smoke test)')
     p.add_argument('--threads', type=number_arg(int, '--threads', minimum=1), help="torch threads (default: torch's choice)")
     p.add_argument('--no-bars', dest='bars', action='store_false', default=None,
@@ -278,7 +286,8 @@ def main(argv=None):
         print(f'  {machine_info()}', flush=True)
         try: find_fashion_mnist(args.data)  # fetched from the hub now if it has to be, with a clear message if that fails
         except (OSError, ValueError) as e: sys.exit(f'miniai-train: could not load Fashion-MNIST: {e}')
-        learn, res = train(recipe, **kw, out=args.out, bars=args.bars, path=args.data, resume=args.resume, overwrite=args.overwrite)
+        learn, res = train(recipe, **kw, out=args.out, bars=args.bars, path=args.data, resume=args.resume, overwrite=args.overwrite,
+                           tensorboard=args.tensorboard)
     except KeyboardInterrupt:
         print(_interrupted(args.out), file=sys.stderr)
         sys.exit(130)
@@ -286,4 +295,4 @@ def main(argv=None):
         sys.exit(f'miniai-train: {e}' + _leftover(args.out))
     tta = f", {res['tta_accuracy']:.2%} with {res['tta']} TTA" if 'tta_accuracy' in res else ''
     print(f"test accuracy {res['accuracy']:.2%}{tta}; training took {res['train_seconds'] / 60:.1f} min")
-    print(f'wrote {args.out}/model.pth, metrics.json, plot.png')
+    print(f'wrote {args.out}/model.pth, metrics.json, metrics.csv, plot.png')

@@ -55,3 +55,10 @@ def _close_figures():
     yield
     import matplotlib.pyplot as plt
     plt.close('all')
+
+
+@pytest.fixture(autouse=True)
+def _quick_stays_on():
+    "Fail a test that leaves MINIAI_QUICK changed (every later test would then load the full data)."
+    yield
+    assert os.environ.get('MINIAI_QUICK') == '1', 'this test changed MINIAI_QUICK: change it with monkeypatch, which puts it back'

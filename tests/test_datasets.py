@@ -1050,6 +1050,7 @@ def make_sample(tmp_path, monkeypatch, sample):
     shutil.copytree(sample_dir(), dest)
     monkeypatch.setattr(mod, 'sample_dir', lambda: dest)
     monkeypatch.setattr(mod, 'fashion_mnist_tensors', lambda cache: sample)
+    monkeypatch.delenv('MINIAI_QUICK', raising=False)  # main() unsets it in this process: let monkeypatch put it back after
     return mod, dest
 
 

@@ -50,6 +50,16 @@ def test_train_writes_model_metrics_and_plot(tmp_path):
     learn2.model.load_state_dict(torch.load(tmp_path/'run'/'model.pth', weights_only=True))
     assert accuracy(*tta_preds(learn2, tta_views('flip'))) == pytest.approx(saved['tta_accuracy'], abs=2e-3)
     assert (tmp_path/'run'/'plot.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+    import csv  # and the per-epoch log, one row for the epoch, train and valid side by side
+    rows = list(csv.DictReader(open(tmp_path/'run'/'metrics.csv')))
+    assert len(rows) == 1 and float(rows[0]['valid_accuracy']) == pytest.approx(saved['accuracy'], abs=1e-6)
+
+
+def test_train_writes_tensorboard_events_when_asked(tmp_path):
+    pytest.importorskip('tensorboard')
+    from miniai.loggers import read_scalars
+    train('fast93', epochs=1, out=tmp_path/'run', progress=False, tensorboard=tmp_path/'tb')
+    assert 'epoch/valid_accuracy' in read_scalars(tmp_path/'tb')
 
 
 def test_train_is_repeatable_with_a_seed():
@@ -202,7 +212,8 @@ def test_ctrl_c_saves_the_run_and_resume_finishes_it(tmp_path):
     stdout, stderr = p.communicate(timeout=600)
     assert p.returncode == 0, stderr
     assert 'resuming the run' in stdout and '4 epoch(s), batch size 128' in stdout
-    assert _files(out) == ['metrics.json', 'model.pth', 'plot.png']  # finished: no checkpoint, no run.json left
+    assert _files(out) == ['metrics.csv', 'metrics.json', 'model.pth', 'plot.png']  # finished: no checkpoint, no run.json left
+    assert [r.split(',')[0] for r in (out/'metrics.csv').read_text().splitlines()[1:]] == ['0', '1', '2', '3']  # every epoch once
     saved = json.loads((out/'metrics.json').read_text())
     assert [h['epoch'] for h in saved['history']] == [0, 0, 1, 1, 2, 2, 3, 3]  # the epochs before Ctrl-C, kept
     assert saved['resumed_at_epoch'] >= 1 and saved['config']['bs'] == 128 and saved['recipe'] == 'fast93'
