@@ -107,7 +107,7 @@ def train(recipe='beyond5',  # a `Recipe`, or the name of one in `RECIPES`
           lr=None,           # peak learning rate of 1cycle (None: the recipe's)
           precision='auto',  # one of `PRECISIONS`
           seed=42,           # seeds torch, Python and NumPy before the model is built
-          out=None,          # folder for model.pth, metrics.json and plot.png, and for checkpoints while it trains (None: write nothing)
+          out=None,          # folder for model.pth, metrics.json, metrics.csv and plot.png, and checkpoints while it trains (None: write nothing)
           progress=True,     # show a `ProgressCB`: the per-epoch table, and bars where they can be drawn
           bars=None,         # `ProgressCB`'s `bars` (None: only in a terminal or notebook)
           path=None,         # folder with the Fashion-MNIST IDX files (None: found as `find_fashion_mnist` finds them)
@@ -206,7 +206,7 @@ def _recipe_list():
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog='miniai-train', formatter_class=argparse.RawDescriptionHelpFormatter,
-        description='Train a Fashion-MNIST recipe; write model.pth, metrics.json and plot.png.',
+        description='Train a Fashion-MNIST recipe; write model.pth, metrics.json, metrics.csv and plot.png.',
         epilog='recipes:\n' + _recipe_list() + '\n\nexamples:\n  miniai-train beyond5 --out runs/beyond5\n'
                '  miniai-train --out runs/beyond5 --resume   # continue it after Ctrl-C')
     p.add_argument('recipe', nargs='?', choices=list(RECIPES), metavar='RECIPE',
