@@ -96,7 +96,7 @@ def main(argv=None):
     from torch import optim
     from torch.optim import lr_scheduler
     from torcheval.metrics import MulticlassAccuracy
-    from miniai.accel import MixedPrecisionCB, machine_info
+    from miniai.accel import MixedPrecisionCB, fast_dtype, machine_info
     from miniai.resnet import resnet
     from miniai.datasets import DataLoaders, XMEAN, XSTD, fashion_mnist_dls, find_fashion_mnist, inplace, load_fashion_mnist
     from miniai.init import init_weights
@@ -107,7 +107,7 @@ def main(argv=None):
     if args.threads: torch.set_num_threads(args.threads)
     model_kw = dict(single=dict(first='conv'), pooled=dict(), wider=dict(nfs=(16, 32, 64, 128, 256, 512), head='flatten'))[args.model]
     dev = 'cuda' if torch.cuda.is_available() else 'cpu'
-    amp = MixedPrecisionCB()._pick_dtype(dev)  # what learn.to_fast() will use here: bf16, fp16 or None (float32)
+    amp, why = fast_dtype(dev)  # what learn.to_fast() will use here: bf16, fp16 or None (float32), and why
     prec = {torch.bfloat16: 'bf16', torch.float16: 'fp16', None: 'fp32'}[amp]
     lr = 1e-2
 
@@ -183,7 +183,7 @@ def main(argv=None):
     print(f'  data        {find_fashion_mnist(download=False)[1]}')
     print(f'  model       resnet({", ".join(f"{k}={v!r}" for k, v in model_kw.items())}): {mflops:.1f} MFLOPS as summary counts them; '
           f'{macs / 1e6:.1f} M multiply-adds per image counted per layer')
-    print(f'  device      {dev}; mixed precision: {prec}')
+    print(f'  device      {dev}; mixed precision: {prec} ({why})')
     print(f'  epoch       {len(fast_train)} training batches of {args.bs} + the test set ({len(valid.x):,} images); '
           f'scaled: all {n_train:,} training images', flush=True)
 
