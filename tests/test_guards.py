@@ -352,7 +352,7 @@ def test_fit_with_nothing_to_do_or_non_bool_flags():
     with pytest.raises(TypeError, match='must be True or False'): learner().fit(1, train='no')
 
 def test_two_callbacks_implementing_the_same_step():
-    with pytest.raises(TypeError, match=r'TrainCB and TrainCB all implement `predict`'): learner(cbs=(TrainCB, TrainCB)).fit(1)
+    with pytest.raises(TypeError, match=r'TrainCB and TrainCB both implement `predict`'): learner(cbs=(TrainCB, TrainCB)).fit(1)
 
 def test_nothing_to_train_without_an_optimizer():
     with pytest.raises(ValueError, match='nothing to train.*fit\\(train=False\\)'): learner(model=nn.Flatten(), opt_func=None).fit(1)
