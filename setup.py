@@ -32,7 +32,7 @@ setuptools.setup(
     package_data={'miniai': ['data/*/*']},
     install_requires=reqs('requirements'),
     extras_require={'dev': reqs('dev_requirements'), 'distributed': reqs('distributed_requirements'),
-                    'logging': reqs('logging_requirements')},
+                    'logging': reqs('logging_requirements'), 'timm': reqs('timm_requirements')},
     python_requires=f'>={min_python}',
     zip_safe=False,
     entry_points={'console_scripts': reqs('console_scripts'), 'nbdev': [f'{cfg["lib_path"]}={cfg["lib_path"]}._modidx:d']},

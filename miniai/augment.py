@@ -42,7 +42,7 @@ def show_image_batch(self:Learner, max_n=9, cbs=None, **kwargs):
     "Show the first `max_n` inputs of a training batch as the model would see them, after `cbs` and the learner's callbacks."
     grab, was_training = _GrabBatch(), self.model.training
     try:
-        with self.quiet(): self.fit(1, cbs=[grab] + fc.L(cbs), valid=False, lr=0. if self.lr is None else None)  # no step is taken: any lr will do
+        with self.quiet(): self.fit(1, cbs=[grab] + as_cbs(cbs), valid=False, lr=0. if self.lr is None else None)  # no step is taken: any lr will do
     finally: self.model.train(was_training)
     if not hasattr(grab, 'batch'): raise ValueError("show_image_batch: the training data loader yielded no batch.")
     xb, yb = grab.batch[0], grab.batch[1]
@@ -91,7 +91,7 @@ class CapturePreds(Callback):
 def capture_preds(self:Learner, cbs=None, inps=False, dl=None):
     "Predictions and targets (and inputs with `inps=True`) over `dl` (default: `dls.valid`), in order, after `cbs`: a quiet pass."
     cp = CapturePreds(inps=inps)
-    with self.quiet(valid=dl): self.fit(1, train=False, cbs=[cp] + fc.L(cbs), lr=0. if self.lr is None else None)  # no step
+    with self.quiet(valid=dl): self.fit(1, train=False, cbs=[cp] + as_cbs(cbs), lr=0. if self.lr is None else None)  # no step
     res = cp.all_preds, cp.all_targs
     return res + (cp.all_inps,) if inps else res
 

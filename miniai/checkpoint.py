@@ -247,7 +247,7 @@ def resume(self:Learner, path='checkpoint.pth', n_epochs=None, cbs=None, **kwarg
         raise ValueError(f"{path} was saved at the end of epoch {ck['epoch']}: a run of {n_epochs} epochs is already "
                          f"finished. Pass a larger n_epochs to train further.")
     load_weights(self.model, ck['model'], path, ck.get('arch'))
-    self.fit(n_epochs, cbs=[_RestoreCB(ck, path)] + list(fc.L(cbs)), start_epoch=start, **kwargs)
+    self.fit(n_epochs, cbs=[_RestoreCB(ck, path)] + list(as_cbs(cbs)), start_epoch=start, **kwargs)
     return self
 
 # %% ../nbs/09b_checkpoint.ipynb #48b3bc9e

@@ -193,7 +193,7 @@ def check_fit(learn, n_epochs, train, valid, cbs, lr, start_epoch=0):
     if learn.opt_func is not None: check_opt_func(learn.opt_func); check_lr(lr)
     check_model(learn, train)
     check_loaders(learn.dls, train, valid)
-    new = [cb for cb in fc.L(cbs) if cb not in learn.cbs]
+    new = [cb for cb in learner.as_cbs(cbs) if cb not in learn.cbs]
     for cb in [*learn.cbs, *new]: check_callback(cb)
     check_steps(learn, [*learn.cbs, *new], train)
     check_last_batch(learn, train)

@@ -25,7 +25,7 @@ from fastprogress import master_bar, progress_bar
 from .datasets import *
 
 # %% auto #0
-__all__ = ['def_device', 'to_device', 'to_cpu', 'Callback', 'run_cbs', 'CancelFitException', 'CancelEpochException',
+__all__ = ['def_device', 'to_device', 'to_cpu', 'Callback', 'as_cbs', 'run_cbs', 'CancelFitException', 'CancelEpochException',
            'CancelBatchException', 'with_cbs', 'Learner', 'TrainCB', 'SingleBatchCB', 'MetricsCB', 'DeviceCB',
            'ProgressCB', 'TrainLearner', 'MomentumLearner', 'LRFinderCB', 'LRFindResult']
 
@@ -67,6 +67,11 @@ class Callback:
     order = 0
     side_effects = False  # True for callbacks that record, print, draw, write or schedule: a quiet pass leaves them out
 
+# %% ../nbs/09_learner.ipynb #b73e13b3
+def as_cbs(cbs):
+    "`cbs` as a list: `None` is none, one callback is a list of one, a list or tuple of callbacks stays as it is."
+    return fc.L([cbs] if isinstance(cbs, Callback) else cbs)
+
 # %% ../nbs/09_learner.ipynb #b99ae14c
 def run_cbs(cbs, method_nm, learn=None):
     "Call `method_nm(learn)` on each callback in `cbs` that has it, sorted by `order` (stable)."
@@ -105,7 +110,7 @@ class Learner:
     "Train `model` on `dls` with `loss_func`, letting callbacks `cbs` act at every stage."
     n_inp = 1  # how many items of a batch are the model's inputs (`TrainCB(n_inp)` changes it for a fit)
     def __init__(self, model, dls=(0,), loss_func=F.mse_loss, lr=0.1, cbs=None, opt_func=optim.SGD):
-        cbs = fc.L(cbs)
+        cbs = as_cbs(cbs)
         fc.store_attr()
 
     @with_cbs('batch')

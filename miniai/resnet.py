@@ -64,28 +64,34 @@ def _shape(o):
     return ()
 
 class ModelSummary:
-    "Rows of (module, input shape, output shape, params, MFLOPS), with totals; Markdown in notebooks, text elsewhere."
+    "Rows of (module, input shape, output shape, params, MFLOPS as the lesson counts them, MFLOPS per layer), with totals."
     def __init__(self, rows): self.rows = rows
     @property
     def params(self): return sum(r[3] for r in self.rows)
     @property
     def mflops(self): return sum(r[4] for r in self.rows)
+    @property
+    def mflops_per_layer(self): return sum(r[5] for r in self.rows)
 
-    def _cells(self): return [(m, str(i), str(o), f'{p:,}', f'{f:.1f}') for m, i, o, p, f in self.rows]
-    def _total(self): return f'Total params: {self.params:,}; MFLOPS: {self.mflops:.1f}'
+    head = ('Module', 'Input', 'Output', 'Num params', 'MFLOPS', 'per layer')
+    def _cells(self): return [(m, str(i), str(o), f'{p:,}', f'{f:.1f}', f'{fl:.1f}') for m, i, o, p, f, fl in self.rows]
+    def _total(self): return f'Total params: {self.params:,}; MFLOPS: {self.mflops:.1f} (per layer: {self.mflops_per_layer:.1f})'
 
     def _repr_markdown_(self):
-        lines = ['|Module|Input|Output|Num params|MFLOPS|', '|--|--|--|--:|--:|']
+        lines = ['|' + '|'.join(self.head) + '|', '|--|--|--|--:|--:|--:|']
         lines += ['|' + '|'.join(c) + '|' for c in self._cells()]
         return '\n'.join(lines) + f'\n\n{self._total()}'
 
     def __repr__(self):
-        head, cells = ('Module', 'Input', 'Output', 'Num params', 'MFLOPS'), self._cells()
-        widths = [max(len(r[i]) for r in [head, *cells]) for i in range(5)]
+        cells = self._cells()
+        widths = [max(len(r[i]) for r in [self.head, *cells]) for i in range(len(self.head))]
         fmt = lambda r: '  '.join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
-        return '\n'.join([fmt(head), *map(fmt, cells), self._total()])
+        return '\n'.join([fmt(self.head), *map(fmt, cells), self._total()])
+
 
 # %% ../nbs/13_resnet.ipynb #9a5adae7
+def _own_params(m): return list(m.parameters(recurse=False))
+
 @patch
 def summary(self:Learner, xb=None):
     "Shapes, parameter counts and MFLOPS of each of the model's top-level layers, from one batch of `dls.valid` (or `xb`)."
@@ -94,18 +100,24 @@ def summary(self:Learner, xb=None):
     if xb is None: xb = next(iter(self.dls.valid))[:n_inp]
     p = next(iter(model.parameters()), None)
     xb = to_device(tuple(fc.tuplify(xb)), p.device if p is not None else 'cpu')
-    rows = []
-    def _record(hook, mod, inp, outp):
+    tops = list(model.children()) or [model]
+    leaves = [m for top in tops for m in top.modules() if _own_params(m)]  # the modules that own weights
+    rows, pending = [], [0.]
+    def _count(hook, mod, inp, outp):  # per layer: each weight at the output grid of the module that owns it
+        pending[0] += sum(_flops(o, _shape(outp)) for o in _own_params(mod)) / 1e6
+    def _record(hook, mod, inp, outp):  # the lesson's count: every weight of a top-level layer at that layer's output grid
         out = _shape(outp)
         rows.append((type(mod).__name__, _shape(inp), out, sum(o.numel() for o in mod.parameters()),
-                     sum(_flops(o, out) for o in mod.parameters()) / 1e6))
+                     sum(_flops(o, out) for o in mod.parameters()) / 1e6, pending[0]))
+        pending[0] = 0.  # its weights ran before it finished: what they counted is this row's
     modes = [(m, m.training) for m in model.modules()]  # each module's own mode: some may be frozen in eval
     try:
         model.eval()
-        with Hooks(list(model.children()) or [model], _record), torch.no_grad(): model(*xb)
+        with Hooks(leaves, _count), Hooks(tops, _record), torch.no_grad(): model(*xb)
     finally:
         for m, training in modes: m.training = training
     return ModelSummary(rows)
+
 
 # %% ../nbs/13_resnet.ipynb #28517cc5
 class GlobalAvgPool(nn.Module):

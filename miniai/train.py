@@ -14,10 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import optim
 from torch.optim import lr_scheduler
-from torcheval.metrics import MulticlassAccuracy
 
 from .datasets import *
 from .learner import *
+from torcheval.metrics import MulticlassAccuracy  # after miniai.learner, which silences torcheval's import-time warning
 from .guards import BatchError, DivergedError
 from .activations import set_seed
 from .init import init_weights
@@ -52,7 +52,7 @@ def make_learner(r:Recipe, dls, precision='auto', progress=True, bars=None, extr
     "A `TrainLearner` set up as recipe `r` says (AdamW, 1cycle, augmentation, loss); `progress`: a `ProgressCB(bars=bars)`."
     model = r.build_model().apply(partial(init_weights, leaky=0.1))
     sched = partial(lr_scheduler.OneCycleLR, max_lr=r.lr, total_steps=r.epochs * len(dls.train))
-    cbs = [DeviceCB(), MetricsCB(accuracy=MulticlassAccuracy()), BatchSchedCB(sched)] + augment_cbs(r) + fc.L(extra_cbs)
+    cbs = [DeviceCB(), MetricsCB(accuracy=MulticlassAccuracy()), BatchSchedCB(sched)] + augment_cbs(r) + as_cbs(extra_cbs)
     if progress: cbs.append(ProgressCB(bars=bars))
     loss = partial(F.cross_entropy, label_smoothing=r.label_smoothing) if r.label_smoothing else F.cross_entropy
     learn = TrainLearner(model, dls, loss, lr=r.lr, cbs=cbs, opt_func=partial(optim.AdamW, weight_decay=r.wd))

@@ -373,3 +373,13 @@ def test_plots_raise_when_the_filter_selects_nothing():
     Learner(tiny_cnn(), DLs(img_batches(1), img_batches(1)), F.cross_entropy, cbs=[TrainCB(), astats]).fit(1)
     assert len(astats) == 0
     with pytest.raises(ValueError, match='mod_filter'): astats.plot_stats()
+
+
+@pytest.mark.parametrize('where', ['init', 'fit'])
+def test_one_activation_stats_passed_alone_is_not_dropped(where):
+    "A hook-holding callback is iterable; passed alone as `cbs` it must join the fit, not be unpacked into nothing."
+    astats = ActivationStats(fc.risinstance(nn.Conv2d))
+    kw = dict(cbs=astats) if where == 'init' else {}
+    learn = TrainLearner(tiny_cnn(), DLs(img_batches(3)), F.cross_entropy, lr=0.01, **kw)
+    learn.fit(1, **({} if where == 'init' else dict(cbs=astats)))
+    assert [len(h.stats[0]) for h in astats] == [3, 3, 3]  # three convs, three training batches each

@@ -1,5 +1,5 @@
 "The benchmark scripts in bench/: they run (on the shipped sample), report what they measured and refuse bad options."
-import os, subprocess, sys
+import json, os, subprocess, sys
 from pathlib import Path
 
 import pytest
@@ -46,3 +46,64 @@ def test_lesson_seeds_reports_each_run_and_the_summary(tmp_path):
 def test_lesson_seeds_refuses_bad_options(args, msg):
     r = _run(*args)
     assert r.returncode == 2 and msg in r.stderr
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# bench/time_to_accuracy.py
+
+import time_to_accuracy as tta  # noqa: E402
+
+
+def _tta(*args, **env):
+    return subprocess.run([sys.executable, str(ROOT/'bench'/'time_to_accuracy.py'), *args], capture_output=True, text=True,
+                          env={**os.environ, 'MINIAI_QUICK': '1', **env}, cwd=ROOT, timeout=600)
+
+
+def test_time_to_accuracy_limits_follow_the_processor():
+    assert (tta.limit_for(93.0, True), tta.limit_for(93.0, False)) == (60, 120)
+    assert (tta.limit_for(94.0, True), tta.limit_for(94.0, False)) == (300, 600)
+
+
+def test_time_to_accuracy_summary_counts_runs_that_reach_the_target_in_time():
+    runs = [dict(final=0.931, seconds=50.), dict(final=0.935, seconds=70.), dict(final=0.925, seconds=40.)]
+    s = tta.summarise(runs, 93.0, 60)
+    assert s['reached'] == 1 and not s['met']  # too slow once, not accurate enough once
+    assert s['acc_mean'] == pytest.approx(93.0333, abs=1e-3) and (s['acc_min'], s['acc_max']) == pytest.approx((92.5, 93.5))
+    assert s['sec_mean'] == pytest.approx(160 / 3) and s['sec_max'] == 70.
+    assert tta.summarise(runs[:1], 93.0, 60)['met'] and 'reached' not in tta.summarise(runs)
+
+
+def test_time_to_accuracy_reports_each_seed_the_machine_and_the_target(tmp_path):
+    out = tmp_path/'tta.txt'
+    r = _tta('fast93', '--seeds', '3', '4', '--epochs', '1', '--threads', '1', '--target', '93', '--out', str(out))
+    assert r.returncode == 0, r.stderr  # quick mode: a missed target is reported, not failed
+    lines = out.read_text().splitlines()
+    assert lines[0].startswith('time to accuracy, ') and 'torch thread' in lines[0]
+    assert 'native bfloat16' in lines[1] and 'shipped sample' in lines[2] and 'in at most' in lines[3]
+    seeds = [l for l in lines if l.startswith('fast93     seed')]
+    assert [int(l.split()[2].rstrip(':')) for l in seeds] == [3, 4] and all(' s (1 epochs, batch 256' in l for l in seeds)
+    assert lines[-1].startswith('fast93     2 seeds: mean ') and ('MET' in lines[-1] or 'MISSED' in lines[-1])
+    report = json.loads(out.with_suffix('.json').read_text())
+    assert report['quick'] and report['target'] == 93.0 and report['limit_seconds'] in (60, 120)
+    assert [r['seed'] for r in report['runs']['fast93']] == [3, 4] and report['cpu']['capability']
+    assert report['summaries']['fast93']['n'] == 2
+
+
+@pytest.mark.parametrize('args,msg', [(['fast93', '--seeds', '-1'], 'a seed must be at least 0'),
+                                      (['fast93', '--epochs', '0'], '--epochs must be at least 1'),
+                                      (['vgg16'], "unknown recipe 'vgg16'"), (['fast93', '--target', '95'], "invalid choice: 95.0"),
+                                      (['fast93', '--out', 'report.json'], 'ends in .txt')])
+def test_time_to_accuracy_refuses_bad_options(args, msg):
+    r = _tta(*args)
+    assert r.returncode == 2 and msg in r.stderr, r.stderr
+
+
+def test_time_to_accuracy_recipe_changes_for_ablations():
+    r = tta.parse_spec("fast93:epochs=3,tta='none',model.nfs=(8, 16, 32)")
+    assert (r.epochs, r.tta, r.model) == (3, 'none', dict(first='conv', nfs=(8, 16, 32)))
+    assert RECIPES['fast93'].epochs == 5 and 'nfs' not in RECIPES['fast93'].model  # the table's recipe is untouched
+    assert tta.parse_spec('fast93') == RECIPES['fast93']
+    for spec, msg in [('fast93:epochs', 'a change is key=value'), ('fast93:tta=none', 'must be a Python literal'),
+                      ('fast93:epochs=0', 'epochs must be a whole number'), ('fast93:colour=1', 'not a Recipe field'),
+                      ('fast93:model.depth=3', "doesn't take"), ('fast95', "unknown recipe 'fast95'")]:
+        with pytest.raises(ValueError, match=msg): tta.parse_spec(spec)

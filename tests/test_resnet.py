@@ -171,16 +171,17 @@ def test_flops(wshape, out_shape, expected):
 # ---------------------------------------------------------------------------------------------------------------------
 # Learner.summary on the lesson's models
 
-@pytest.mark.parametrize('variant,n_params,mflops,first', [
-    ('gap512', 4_907_588, 33.0, 'ResBlock'),
-    ('gap', 1_231_428, 18.3, 'ResBlock'),
-    ('gap_conv', 1_224_948, 13.3, 'Sequential'),
+@pytest.mark.parametrize('variant,n_params,mflops,per_layer,first', [
+    ('gap512', 4_907_588, 33.0, 44.4, 'ResBlock'),
+    ('gap', 1_231_428, 18.3, 29.7, 'ResBlock'),
+    ('gap_conv', 1_224_948, 13.3, 24.7, 'Sequential'),
 ])
-def test_summary_lesson_figures(dls, summaries, variant, n_params, mflops, first):
+def test_summary_lesson_figures(dls, summaries, variant, n_params, mflops, per_layer, first):
     model, s = summaries[variant]
     assert isinstance(s, ModelSummary)
     assert s.params == n_params == sum(p.numel() for p in model.parameters())
     assert round(s.mflops, 1) == mflops
+    assert round(s.mflops_per_layer, 1) == per_layer
     assert len(s.rows) == len(model)
     assert [r[0] for r in s.rows] == [first] + ['ResBlock']*(len(model) - 4) + ['GlobalAvgPool', 'Linear', 'BatchNorm1d']
     xb = next(iter(dls.valid))[0]
@@ -189,8 +190,9 @@ def test_summary_lesson_figures(dls, summaries, variant, n_params, mflops, first
     assert s.rows[0][2] == (128, 16, 28, 28)
     assert s.rows[-1][2] == (128, 10)
     for prev, row in zip(s.rows, s.rows[1:]): assert row[1] == prev[2]  # shapes chain from layer to layer
-    assert f'Total params: {n_params:,}; MFLOPS: {mflops:.1f}' in repr(s)
-    assert f'Total params: {n_params:,}; MFLOPS: {mflops:.1f}' in s._repr_markdown_()
+    total = f'Total params: {n_params:,}; MFLOPS: {mflops:.1f} (per layer: {per_layer:.1f})'
+    assert repr(s).splitlines()[-1] == total
+    assert s._repr_markdown_().splitlines()[-1] == total
 
 
 def test_summary_row_figures(summaries):
@@ -200,8 +202,32 @@ def test_summary_row_figures(summaries):
     assert s.rows[0][3] == 416 + 32 + 6416 + 32 + 32 == 6928
     # 4-d weights times the 28x28 output grid, the rest once each
     assert s.rows[0][4] == pytest.approx(((400 + 6400 + 16)*28*28 + 16 + 32 + 16 + 32 + 16) / 1e6)
-    assert s.rows[6] == ('GlobalAvgPool', (128, 512, 2, 2), (128, 512), 0, 0.0)
-    assert s.rows[7][3] == 5120 and s.rows[7][4] == pytest.approx(5120/1e6)
+    assert s.rows[0][5] == pytest.approx(s.rows[0][4])  # stride 1: every conv runs at the block's output grid
+    assert s.rows[6] == ('GlobalAvgPool', (128, 512, 2, 2), (128, 512), 0, 0.0, 0.0)
+    assert s.rows[7][3] == 5120 and s.rows[7][4] == pytest.approx(5120/1e6) == s.rows[7][5]
+
+
+def test_summary_per_layer_counts_stride2_block_at_each_convs_grid(summaries):
+    "A stride-2 block's first conv runs at its input grid: the lesson's count charges it a quarter of that."
+    s = summaries['gap'][1]
+    # ResBlock(16, 32, stride=2) on 28x28: conv 16->32 3x3 at 28x28, conv 32->32 3x3 at 14x14, idconv 1x1 16->32 at 14x14
+    convs = 16*32*9*28*28 + 32*32*9*14*14 + 16*32*14*14
+    small = 32 + 32 + 32 + 32 + 32 + 32 + 32  # two conv biases, two BatchNorms (scale and shift), the idconv's bias
+    assert s.rows[1][4] == pytest.approx(((16*32*9 + 32*32*9 + 16*32)*14*14 + small) / 1e6)
+    assert s.rows[1][5] == pytest.approx((convs + small) / 1e6)
+    assert s.rows[1][5] > s.rows[1][4] * 1.9
+
+
+@pytest.mark.parametrize('variant', ['gap512', 'gap', 'gap_conv'])
+def test_summary_per_layer_agrees_with_torch_flop_counter(variant):
+    "PyTorch's own counter, on one image: 2 FLOPs per multiply-add of the conv and linear weights; no biases or BatchNorm."
+    from torch.utils.flop_counter import FlopCounterMode
+    model = get_gap(**VARIANTS[variant]).eval()
+    x = torch.randn(1, 1, 28, 28)
+    s = Learner(model).summary(xb=x)
+    with FlopCounterMode(display=False) as counter, torch.no_grad(): model(x)
+    once = sum(p.numel() for n, p in model.named_parameters() if p.ndim < 2)  # biases and BatchNorm, once per image
+    assert s.mflops_per_layer == pytest.approx((counter.get_total_flops() / 2 + once) / 1e6, rel=1e-6)
 
 
 @pytest.mark.parametrize('train', [True, False])
@@ -238,18 +264,18 @@ def test_summary_restores_modes_after_error():
 def test_summary_reprs(summaries):
     s = summaries['gap'][1]
     md = s._repr_markdown_().splitlines()
-    assert md[0] == '|Module|Input|Output|Num params|MFLOPS|'
+    assert md[0] == '|Module|Input|Output|Num params|MFLOPS|per layer|'
     assert re.fullmatch(r'\|[-:|]+\|', md[1])
     body = [l for l in md[2:] if l.startswith('|')]
     assert len(body) == len(s.rows) == 8
-    assert body[0] == '|ResBlock|(128, 1, 28, 28)|(128, 16, 28, 28)|6,928|5.3|'
-    assert md[-1] == 'Total params: 1,231,428; MFLOPS: 18.3'
+    assert body[0] == '|ResBlock|(128, 1, 28, 28)|(128, 16, 28, 28)|6,928|5.3|5.3|'
+    assert md[-1] == 'Total params: 1,231,428; MFLOPS: 18.3 (per layer: 29.7)'
     txt = repr(s).splitlines()
     assert len(txt) == 1 + 8 + 1
-    assert txt[0].split() == ['Module', 'Input', 'Output', 'Num', 'params', 'MFLOPS']
+    assert txt[0].split() == ['Module', 'Input', 'Output', 'Num', 'params', 'MFLOPS', 'per', 'layer']
     for line, row in zip(txt[1:-1], s.rows):
-        assert line.startswith(row[0]) and line.rstrip().endswith(f'{row[4]:.1f}') and f'{row[3]:,}' in line
-    assert txt[-1] == 'Total params: 1,231,428; MFLOPS: 18.3'
+        assert line.startswith(row[0]) and line.split()[-2:] == [f'{row[4]:.1f}', f'{row[5]:.1f}'] and f'{row[3]:,}' in line
+    assert txt[-1] == 'Total params: 1,231,428; MFLOPS: 18.3 (per layer: 29.7)'
     assert 'ResBlock       (128, 1, 28, 28)' in txt[1]  # columns aligned
 
 
@@ -258,7 +284,7 @@ def test_summary_conv1d_model_with_xb():
     s = Learner(model).summary(xb=torch.randn(5, 2, 10))
     assert [r[0] for r in s.rows] == ['Conv1d', 'ReLU', 'Flatten', 'Linear']
     assert s.rows[0][1:4] == ((5, 2, 10), (5, 4, 10), 28)
-    assert s.rows[0][4] == pytest.approx((24*10 + 4) / 1e6)
+    assert s.rows[0][4] == pytest.approx((24*10 + 4) / 1e6) == s.rows[0][5]
     assert s.rows[3][1:4] == ((5, 40), (5, 3), 123)
     assert s.rows[3][4] == pytest.approx(123 / 1e6)
     assert s.params == 151
@@ -271,13 +297,13 @@ def test_summary_uses_traincb_n_inp():
     learn = Learner(Two(), DLs([(torch.randn(4, 3), torch.randn(4, 3), torch.randn(4, 2))]), F.mse_loss, cbs=[TrainCB(n_inp=2)])
     learn.fit(1)  # trains fine with both inputs ...
     s = learn.summary()  # ... so summary should use both too
-    assert s.rows == [('Linear', (4, 3), (4, 2), 8, pytest.approx(8/1e6))]
+    assert s.rows == [('Linear', (4, 3), (4, 2), 8, pytest.approx(8/1e6), pytest.approx(8/1e6))]
 
 
 def test_summary_xb_tuple_and_leaf_model():
     "A model without children is summarised as one row; `xb` may be a tuple of inputs."
     s = Learner(nn.Linear(3, 2)).summary(xb=(torch.randn(4, 3),))
-    assert s.rows == [('Linear', (4, 3), (4, 2), 8, pytest.approx(8/1e6))]
+    assert s.rows == [('Linear', (4, 3), (4, 2), 8, pytest.approx(8/1e6), pytest.approx(8/1e6))]
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -124,6 +124,7 @@ def test_cli_trains_and_reports(tmp_path, capsys, monkeypatch):
 def test_console_script_is_installed():
     r = subprocess.run(['miniai-train', '--help'], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and 'beyond20' in r.stdout and 'lesson50' in r.stdout
+    assert 'Warning' not in r.stderr, r.stderr  # no library warnings (torcheval's import-time one included)
     r = subprocess.run(['miniai-train', '--epochs', '-3'], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and '--epochs must be at least 1' in r.stderr
 
