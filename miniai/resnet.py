@@ -88,7 +88,6 @@ class ModelSummary:
         fmt = lambda r: '  '.join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
         return '\n'.join([fmt(self.head), *map(fmt, cells), self._total()])
 
-
 # %% ../nbs/13_resnet.ipynb #9a5adae7
 def _own_params(m): return list(m.parameters(recurse=False))
 
@@ -117,7 +116,6 @@ def summary(self:Learner, xb=None):
     finally:
         for m, training in modes: m.training = training
     return ModelSummary(rows)
-
 
 # %% ../nbs/13_resnet.ipynb #28517cc5
 class GlobalAvgPool(nn.Module):
