@@ -8,14 +8,16 @@ import copy, inspect, math
 from dataclasses import dataclass, fields, replace
 from functools import partial
 
+import torch
 from torch import nn
 
+from .learner import Callback
 from .init import BatchTransformCB, get_model
 from .resnet import act_gr, get_deeper, resnet
 from .augment import CropFlip, RandErase, tfm_batch, tta_views
 
 # %% auto #0
-__all__ = ['ARCHS', 'RECIPES', 'Recipe', 'get_recipe', 'augment_cbs']
+__all__ = ['ARCHS', 'RECIPES', 'Recipe', 'get_recipe', 'augment_cbs', 'EMACB']
 
 # %% ../nbs/16_recipes.ipynb #315ceb3f
 ARCHS = {'resnet': resnet,                                        # notebook 13's family: `resnet(**model)`
@@ -38,6 +40,7 @@ class Recipe:
     erase: bool = False   # random erasing (`RandErase`) after the crop and flip
     label_smoothing: float = 0.
     tta: str = 'none'     # test-time views, see `tta_views`
+    ema: float = 0.       # decay of an average of the weights that validation and the final model use (`EMACB`); 0: none
 
     def __post_init__(self):
         if self.aug not in ('none', 'batch', 'image'): raise ValueError(f"Recipe: aug must be 'none', 'batch' or 'image', got {self.aug!r}.")
@@ -54,7 +57,9 @@ class Recipe:
         takes = inspect.signature(ARCHS[self.arch]).parameters
         if bad := set(self.model) - set(takes):
             raise ValueError(f"Recipe: model has {', '.join(sorted(bad))}, which `{self.arch}` doesn't take; it takes {', '.join(takes)}.")
-        if not 0 <= self.label_smoothing < 1: raise ValueError(f"Recipe: label_smoothing must be in [0, 1), got {self.label_smoothing!r}.")
+        for k in ('label_smoothing', 'ema'):
+            v = getattr(self, k)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 1: raise ValueError(f"Recipe: {k} must be a number in [0, 1), got {v!r}.")
 
     def build_model(self):
         "A new, untrained model as this recipe describes it (`ARCHS[arch](**model)`)."
@@ -101,3 +106,31 @@ def augment_cbs(r:Recipe):
     if r.aug != 'none': tfms.append(CropFlip(pad=r.pad, per_image=r.aug == 'image'))
     if r.erase: tfms.append(RandErase())
     return [BatchTransformCB(partial(tfm_batch, tfm_x=nn.Sequential(*tfms)), on_val=False)] if tfms else []
+
+# %% ../nbs/16_recipes.ipynb #78dac95b
+class EMACB(Callback):
+    "Keep an exponential moving average of `learn.model`'s state after each step (`decay` per step); validate with it, and keep it in the model after the fit."
+    order = 50  # swaps back before `CheckpointCB` (order 100) saves the weights being trained
+    def __init__(self, decay=0.99):
+        if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0 < decay < 1:
+            raise ValueError(f"EMACB: decay must be a number between 0 and 1 (0.99 averages over about 100 steps), got {decay!r}.")
+        self.decay, self.live = decay, None
+
+    def before_fit(self, learn): self.avg = {k: v.detach().clone() for k, v in learn.model.state_dict().items()}
+
+    @torch.no_grad()
+    def after_step(self, learn):
+        for k, v in learn.model.state_dict().items():
+            if v.is_floating_point(): self.avg[k].lerp_(v, 1 - self.decay)
+            else: self.avg[k].copy_(v)  # counters, such as BatchNorm's num_batches_tracked
+
+    def before_epoch(self, learn):
+        if learn.training: return
+        self.live = {k: v.detach().clone() for k, v in learn.model.state_dict().items()}
+        learn.model.load_state_dict(self.avg)
+
+    def after_epoch(self, learn):  # also run on a cancelled or failed epoch (below): the weights being trained come back
+        if self.live is not None: learn.model.load_state_dict(self.live); self.live = None
+    cleanup_epoch = after_epoch
+
+    def after_fit(self, learn): learn.model.load_state_dict(self.avg)

@@ -122,14 +122,25 @@ class GlobalAvgPool(nn.Module):
     "Average each channel over its spatial grid: `(n, c, h, w)` to `(n, c)`."
     def forward(self, x): return x.mean((-2, -1))
 
+# %% ../nbs/13_resnet.ipynb #a7e3c1f0
+def _grid_after(size, n_blocks):
+    "The side of the grid that `n_blocks` stride-2 convs (3x3, padding 1) leave of a `size`x`size` one: each halves it, rounding up."
+    for _ in range(n_blocks): size = (size + 1) // 2
+    return size
+
 # %% ../nbs/13_resnet.ipynb #d3c16645
-def resnet(nfs=(16, 32, 64, 128, 256), head='pool', first='block', act=act_gr, norm=nn.BatchNorm2d, drop=0.):
-    "ResNet for 28x28 images: 5x5 stride-1 stem (`first` 'block' or 'conv'), stride-2 `ResBlock`s through `nfs`, `head` 'pool' or 'flatten'."
+def resnet(nfs=(16, 32, 64, 128, 256), head='pool', first='block', act=act_gr, norm=nn.BatchNorm2d, drop=0., pool_stem=False):
+    "ResNet for 28x28 images: 5x5 stride-1 stem (`first` 'block' or 'conv'; `pool_stem`: then a 2x2 max-pool), stride-2 `ResBlock`s through `nfs`, `head` 'pool' or 'flatten'."
     if head not in ('pool', 'flatten'): raise ValueError(f"resnet: head must be 'pool' (global average pooling) or 'flatten', got {head!r}.")
     if first not in ('block', 'conv'): raise ValueError(f"resnet: first must be 'block' (a ResBlock) or 'conv' (one conv), got {first!r}.")
     if len(nfs) < 2: raise ValueError(f"resnet: nfs needs at least two channel counts (the stem's and one block's), got {nfs!r}.")
+    grid = _grid_after(28 // 2 if pool_stem else 28, len(nfs) - 1)
+    if head == 'flatten' and grid != 1:
+        raise ValueError(f"resnet: head='flatten' needs a 1x1 grid at the end, but {len(nfs) - 1} stride-2 blocks leave 28x28 images at "
+                         f"{grid}x{grid}{' after the pooled stem' if pool_stem else ''}: add channel counts to nfs, or use head='pool'.")
     stem = (ResBlock if first == 'block' else conv)(1, nfs[0], ks=5, stride=1, act=act, norm=norm)
-    layers = [stem] + [ResBlock(nfs[i], nfs[i+1], stride=2, act=act, norm=norm) for i in range(len(nfs) - 1)]
+    layers = [stem] + ([nn.MaxPool2d(2)] if pool_stem else [])
+    layers += [ResBlock(nfs[i], nfs[i+1], stride=2, act=act, norm=norm) for i in range(len(nfs) - 1)]
     layers.append(GlobalAvgPool() if head == 'pool' else nn.Flatten())
     if drop: layers.append(nn.Dropout(drop))
     return nn.Sequential(*layers, nn.Linear(nfs[-1], 10, bias=False), nn.BatchNorm1d(10))

@@ -49,10 +49,11 @@ def set_precision(learn, precision='auto'):
 
 # %% ../nbs/16a_train.ipynb #6fd74122
 def make_learner(r:Recipe, dls, precision='auto', progress=True, bars=None, extra_cbs=None):
-    "A `TrainLearner` set up as recipe `r` says (AdamW, 1cycle, augmentation, loss); `progress`: a `ProgressCB(bars=bars)`."
+    "A `TrainLearner` set up as recipe `r` says (AdamW, 1cycle, augmentation, loss, weight average); `progress`: a `ProgressCB(bars=bars)`."
     model = r.build_model().apply(partial(init_weights, leaky=0.1))
     sched = partial(lr_scheduler.OneCycleLR, max_lr=r.lr, total_steps=r.epochs * len(dls.train))
     cbs = [DeviceCB(), MetricsCB(accuracy=MulticlassAccuracy()), BatchSchedCB(sched)] + augment_cbs(r) + as_cbs(extra_cbs)
+    if r.ema: cbs.append(EMACB(r.ema))
     if progress: cbs.append(ProgressCB(bars=bars))
     loss = partial(F.cross_entropy, label_smoothing=r.label_smoothing) if r.label_smoothing else F.cross_entropy
     learn = TrainLearner(model, dls, loss, lr=r.lr, cbs=cbs, opt_func=partial(optim.AdamW, weight_decay=r.wd))
@@ -120,6 +121,7 @@ def train(recipe='beyond5',  # a `Recipe`, or the name of one in `RECIPES`
     name = recipe if isinstance(recipe, str) else 'custom'
     started = json.loads(json.dumps(dict(recipe=name, config=asdict(r), precision=precision, seed=seed)))  # as run.json stores it
     if out is None and resume: raise ValueError("train: resume=True continues the run in a folder: pass that folder as out.")
+    if resume and r.ema: raise ValueError("train: a run with ema can't be resumed: its checkpoints hold the weights being trained, not their average; start it again with overwrite=True.")
     if out is not None:
         out = check_out(out, resume, overwrite)
         if resume: _check_same_run(out, started)

@@ -107,3 +107,31 @@ def test_time_to_accuracy_recipe_changes_for_ablations():
                       ('fast93:epochs=0', 'epochs must be a whole number'), ('fast93:colour=1', 'not a Recipe field'),
                       ('fast93:model.depth=3', "doesn't take"), ('fast95', "unknown recipe 'fast95'")]:
         with pytest.raises(ValueError, match=msg): tta.parse_spec(spec)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# bench/epoch_breakdown.py
+
+def _breakdown(*args):
+    return subprocess.run([sys.executable, str(ROOT/'bench'/'epoch_breakdown.py'), *args], capture_output=True, text=True,
+                          env={**os.environ, 'MINIAI_QUICK': '1'}, cwd=ROOT, timeout=600)
+
+
+def test_epoch_breakdown_reports_each_part_and_their_sum(tmp_path):
+    out = tmp_path/'breakdown.txt'
+    r = _breakdown('speed93', '--batches', '3', '--repeats', '1', '--threads', '1', '--out', str(out))
+    assert r.returncode == 0, r.stderr
+    lines = out.read_text().splitlines()
+    assert lines[0].startswith('epoch breakdown of speed93, ') and 'AMX' in lines[1] and 'shipped sample' in lines[2]
+    assert '3 of 16 training batches' in lines[2] and "{'accuracy'" not in r.stdout  # MetricsCB's lines are kept out
+    parts = {l.split()[0]: float(l.split()[1]) for l in lines[4:]}
+    assert list(parts) == ['loader', 'steps', 'learner', 'augment', 'valid', 'epoch', 'tta']
+    assert parts['steps'] > 0 and parts['valid'] > 0 and parts['tta'] > 0
+    assert parts['epoch'] == pytest.approx(sum(parts[k] for k in ('loader', 'steps', 'learner', 'augment', 'valid')), abs=0.02)
+
+
+@pytest.mark.parametrize('args,msg', [(['vgg16'], "Unknown recipe 'vgg16'"), (['--batches', '0'], '--batches must be at least 1'),
+                                      (['--out', 'b.json'], 'ends in .txt'), (['--precision', 'fp16'], "invalid choice: 'fp16'")])
+def test_epoch_breakdown_refuses_bad_options(args, msg):
+    r = _breakdown(*args)
+    assert r.returncode == 2 and msg in r.stderr, r.stderr

@@ -14,7 +14,7 @@ from miniai.learner import *
 from miniai.datasets import *
 from miniai.init import *
 from miniai.resnet import *
-from miniai.resnet import _conv_block, _flops
+from miniai.resnet import _conv_block, _flops, _grid_after
 
 from conftest import DLs
 
@@ -332,7 +332,29 @@ def test_resnet_variants_match_the_lesson_figures(dls, kwargs, params, mflops):
 def test_resnet_output_shape_and_pooling_on_bigger_images():
     assert resnet()(torch.randn(3, 1, 28, 28)).shape == (3, 10)
     assert resnet()(torch.randn(3, 1, 64, 64)).shape == (3, 10)  # the pooled head takes any size
-    with pytest.raises(RuntimeError): resnet(head='flatten')(torch.randn(3, 1, 64, 64))  # a 2x2 grid left
+    wider = resnet((16, 32, 64, 128, 256, 512), head='flatten')
+    with pytest.raises(RuntimeError): wider(torch.randn(3, 1, 64, 64))  # a 2x2 grid left: the flattened head is for 28x28
+
+
+@pytest.mark.parametrize('size,blocks,grid', [(28, 5, 1), (28, 4, 2), (14, 4, 1), (14, 3, 2), (28, 0, 28), (7, 1, 4)])
+def test_grid_after_halves_rounding_up(size, blocks, grid):
+    assert _grid_after(size, blocks) == grid
+
+
+def test_resnet_pool_stem_max_pools_to_14x14_and_keeps_the_layers():
+    m = resnet((16, 32, 64, 128, 256), head='flatten', first='conv', pool_stem=True)
+    assert isinstance(m[1], torch.nn.MaxPool2d)
+    assert m[:2](torch.randn(3, 1, 28, 28)).shape == (3, 16, 14, 14)
+    assert m(torch.randn(3, 1, 28, 28)).shape == (3, 10)
+    plain = resnet(first='conv')
+    assert sum(p.numel() for p in m.parameters()) == sum(p.numel() for p in plain.parameters())
+    assert not any(isinstance(l, torch.nn.MaxPool2d) for l in plain)
+
+
+def test_resnet_flatten_head_needs_a_1x1_grid():
+    with pytest.raises(ValueError, match=r"4 stride-2 blocks leave 28x28 images at 2x2: add channel counts"): resnet(head='flatten')
+    with pytest.raises(ValueError, match=r"at 2x2 after the pooled stem"): resnet((16, 32, 64, 128), head='flatten', pool_stem=True)
+    resnet((16, 32, 64, 128, 256, 512), head='flatten', pool_stem=True)  # one block more than needed: a 1x1 grid stays 1x1
 
 
 def test_resnet_dropout_adds_a_layer():

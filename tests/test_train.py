@@ -38,6 +38,14 @@ def test_label_smoothing_reaches_the_loss(dls):
     assert make_learner(get_recipe('lesson5'), dls, progress=False).loss_func is F.cross_entropy
 
 
+def test_ema_recipe_adds_the_average_and_cannot_resume(dls, tmp_path):
+    (cb,) = [c for c in make_learner(get_recipe('speed93', ema=0.95), dls, progress=False).cbs if isinstance(c, EMACB)]
+    assert cb.decay == 0.95
+    assert not any(isinstance(c, EMACB) for c in make_learner(get_recipe('speed93'), dls, progress=False).cbs)
+    with pytest.raises(ValueError, match="a run with ema can't be resumed"):
+        train(get_recipe('speed93', ema=0.95), out=tmp_path/'run', resume=True, progress=False)
+
+
 def test_train_writes_model_metrics_and_plot(tmp_path):
     learn, res = train('fast93', epochs=1, out=tmp_path/'run', progress=False)
     saved = json.loads((tmp_path/'run'/'metrics.json').read_text())
