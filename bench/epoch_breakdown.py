@@ -69,7 +69,7 @@ def main(argv=None):
     from miniai.augment import tta_preds, tta_views
     from miniai.datasets import DataLoaders, fashion_mnist_dls, quick_mode
     from miniai.recipes import get_recipe
-    from miniai.train import PRECISIONS, make_learner
+    from miniai.train import make_learner
 
     r = args.r
     dls = fashion_mnist_dls(bs=r.bs)
@@ -77,8 +77,7 @@ def main(argv=None):
     n = min(args.batches or n_all, n_all)
     batches = list(itertools.islice(dls.train, n))
     part = DataLoaders(batches, dls.valid)
-    dtype = fast_dtype('cpu')[0] if args.precision == 'auto' else PRECISIONS[args.precision]
-    dtype = None if dtype == 'fp32' else dtype
+    dtype = {'auto': fast_dtype('cpu')[0], 'bf16': torch.bfloat16, 'fp32': None}[args.precision]  # None: float32
     plain = get_recipe(r, aug='none', erase=False)
     with contextlib.redirect_stdout(io.StringIO()):  # to_fast says which path it chose: the report says it below
         learners = {k: make_learner(rec, part, args.precision, progress=False) for k, rec in (('plain', plain), ('full', r))}
@@ -99,10 +98,10 @@ def main(argv=None):
     epoch = {'loader': best['loader'] * scale, 'steps': best['steps'] * scale,
              'learner': (best['learner'] - best['steps']) * scale, 'augment': (best['augment'] - best['learner']) * scale,
              'valid': best['valid']}
-    total = sum(epoch.values())
+    total, cpu = sum(epoch.values()), cpu_features()
     lines = [f'epoch breakdown of {args.recipe}, {machine_info()}',
-             f"  CPU: kernels {cpu_features()['capability']}, native bfloat16 {'yes' if cpu_features()['bf16'] else 'no'}, "
-             f"AMX {'yes' if cpu_features()['amx'] else 'no'}; computing in {str(dtype or torch.float32).replace('torch.', '')}, channels-last",
+             f"  CPU: kernels {cpu['capability']}, native bfloat16 {'yes' if cpu['bf16'] else 'no'}, "
+             f"AMX {'yes' if cpu['amx'] else 'no'}; computing in {str(dtype or torch.float32).replace('torch.', '')}, channels-last",
              f"  data: {'the shipped sample (quick mode: figures not meaningful)' if quick_mode() else 'full Fashion-MNIST (60,000 / 10,000)'}; "
              f"batch {r.bs}, {n} of {n_all} training batches timed and scaled to the epoch; best of {args.repeats}",
              f"  {'part':10s} {'s an epoch':>10s} {'share':>6s}"]

@@ -116,13 +116,16 @@ class EMACB(Callback):
             raise ValueError(f"EMACB: decay must be a number between 0 and 1 (0.99 averages over about 100 steps), got {decay!r}.")
         self.decay, self.live = decay, None
 
-    def before_fit(self, learn): self.avg = {k: v.detach().clone() for k, v in learn.model.state_dict().items()}
+    def before_fit(self, learn):
+        state = learn.model.state_dict()  # its tensors share memory with the model's, which load_state_dict copies into
+        self.avg = {k: v.detach().clone() for k, v in state.items()}
+        self.pairs = [(self.avg[k], v) for k, v in state.items()]  # built once: after_step runs on every training step
 
     @torch.no_grad()
     def after_step(self, learn):
-        for k, v in learn.model.state_dict().items():
-            if v.is_floating_point(): self.avg[k].lerp_(v, 1 - self.decay)
-            else: self.avg[k].copy_(v)  # counters, such as BatchNorm's num_batches_tracked
+        for a, v in self.pairs:
+            if v.is_floating_point(): a.lerp_(v, 1 - self.decay)
+            else: a.copy_(v)  # counters, such as BatchNorm's num_batches_tracked
 
     def before_epoch(self, learn):
         if learn.training: return
