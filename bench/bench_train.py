@@ -18,13 +18,20 @@ linear layer counted at its own output size (hooks), and the backward pass count
 next to the GFLOP/s of a large matrix product in the same precision on the same threads and device: a practical peak.
 
 Exits with status 1 if miniai's overhead over the bare loop (full-epoch scaled times) exceeds `--max-overhead` percent,
-or if miniai's fast setup is less than `--min-speedup` times faster per full epoch than the lesson's. With `--quick`
-the checks are reported but don't fail: the sample is too small for meaningful ratios.
+or if miniai's fast setup is less than `--min-speedup` times faster per full epoch than the lesson's. That speed-up
+target depends on the kind of processor (`MIN_SPEEDUP`): where the fast path trains in bfloat16 (or float16 on a
+GPU), the cheaper arithmetic is part of the gain, and 3x is asked; where it trains in float32, as the lesson's setup
+does, only the data path and the memory layout can be won, and 1.2x is asked. With `--quick` (or MINIAI_QUICK=1) the checks are
+reported but don't fail: the sample is too small for meaningful ratios.
 
     python bench/bench_train.py              # the full data
     python bench/bench_train.py --quick      # the 5,000-image sample (a smoke test; ratios are not meaningful)
 """
 import argparse, contextlib, io, math, os, sys, time
+
+# The least speed-up over the lesson's setup, by the precision the fast path trains in. Measured so far (bench/results):
+# 3.0x in bf16 on an AMD EPYC with AVX-512 BF16; in float32, 1.5x and 1.1x on two AMD EPYCs with AVX2 only.
+MIN_SPEEDUP = {'bf16': 3.0, 'fp16': 3.0, 'fp32': 1.2}
 
 
 def parse_args(argv=None):
@@ -38,12 +45,23 @@ def parse_args(argv=None):
     p.add_argument('--threads', type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument('--quick', action='store_true', help='use the small sample shipped with miniai (sets MINIAI_QUICK=1)')
     p.add_argument('--max-overhead', type=float, default=5.0, help="fail if miniai is more than this many percent slower than the bare loop (default: 5)")
-    p.add_argument('--min-speedup', type=float, default=3.0, help="fail unless miniai is this many times faster than the lesson's setup (default: 3)")
+    p.add_argument('--min-speedup', type=float, default=None,
+                   help="fail unless miniai is this many times faster than the lesson's setup (default: by the fast path's precision, "
+                        + ', '.join(f'{v:g} in {k}' for k, v in MIN_SPEEDUP.items()) + ')')
     args = p.parse_args(argv)
     for k in ('bs', 'train_batches', 'repeats', 'lesson_repeats'):
         if getattr(args, k) < 1: p.error(f"--{k.replace('_', '-')} must be at least 1")
     if args.threads is not None and args.threads < 1: p.error('--threads must be at least 1')
+    for k in ('max_overhead', 'min_speedup'):
+        v = getattr(args, k)
+        if v is not None and not (math.isfinite(v) and v >= 0): p.error(f"--{k.replace('_', '-')} must be a number of at least 0, got {v:g}")
     return args
+
+
+def min_speedup_for(prec, given=None):
+    "The least speed-up over the lesson's setup to ask of a fast path that trains in `prec`, and where that figure comes from."
+    if given is not None: return given, 'given'
+    return MIN_SPEEDUP[prec], f'the target where the fast path trains in {prec}'
 
 
 class Take:
@@ -97,7 +115,7 @@ def main(argv=None):
     from torch.optim import lr_scheduler
     from miniai.accel import MixedPrecisionCB, fast_dtype, machine_info
     from miniai.resnet import resnet
-    from miniai.datasets import DataLoaders, XMEAN, XSTD, fashion_mnist_dls, find_fashion_mnist, inplace, load_fashion_mnist
+    from miniai.datasets import DataLoaders, XMEAN, XSTD, fashion_mnist_dls, find_fashion_mnist, inplace, load_fashion_mnist, quick_mode
     from miniai.init import init_weights
     from miniai.learner import Callback, DeviceCB, MetricsCB, ProgressCB, TrainLearner
     from miniai.resnet import summary  # noqa: F401  (patches Learner.summary)
@@ -200,16 +218,16 @@ def main(argv=None):
     peak = {prec: gemm_gflops(amp, dev)} if amp is not None else {}
     peak['fp32'] = gemm_gflops(torch.float32, dev)  # the lesson's setup trains in float32 everywhere
     rows = []
-    for name, (_, prec) in paths.items():
+    for name, (_, path_prec) in paths.items():
         secs, t_train, n_imgs = min(runs[name])
         scaled = secs - t_train + t_train * n_train / n_imgs
         ips = n_imgs / t_train
         gflops = ips * train_flop / 1e9
-        rows.append((name, prec, secs, scaled, ips, gflops, 100 * gflops / peak[prec[:4]]))
+        rows.append((name, path_prec, secs, scaled, ips, gflops, 100 * gflops / peak[path_prec[:4]]))
     print()
     print(f'{"path":38s} {"precision":20s} {"s/epoch":>8s} {"scaled":>8s} {"train img/s":>11s} {"GFLOP/s":>8s} {"% GEMM":>7s}')
-    for name, prec, secs, scaled, ips, gflops, pct in rows:
-        print(f'{name:38s} {prec:20s} {secs:8.2f} {scaled:8.1f} {ips:11,.0f} {gflops:8.1f} {pct:6.1f}%')
+    for name, path_prec, secs, scaled, ips, gflops, pct in rows:
+        print(f'{name:38s} {path_prec:20s} {secs:8.2f} {scaled:8.1f} {ips:11,.0f} {gflops:8.1f} {pct:6.1f}%')
     where = f'{torch.get_num_threads()} thread(s)' if dev == 'cpu' else dev
     print(f'\n  large matrix product on {where}: ' + ', '.join(f'{k} {v:.0f} GFLOP/s' for k, v in peak.items()))
     print('  all timed epochs (s): ' + '; '.join(f'{n}: ' + ', '.join(f'{s:.2f}' for s, *_ in r) for n, r in runs.items()))
@@ -220,10 +238,11 @@ def main(argv=None):
     print()
     print(f'miniai overhead over the bare loop, per full epoch: {overhead:+.1f}% (limit {args.max_overhead:g}%)')
     if overhead > args.max_overhead: ok = False; print('FAIL: the Learner costs too much over a bare loop')
-    print(f"miniai fast setup vs the lesson's setup, per full epoch: {speedup:.1f}x faster (minimum {args.min_speedup:g}x)")
-    if speedup < args.min_speedup: ok = False; print("FAIL: not fast enough compared to the lesson's setup")
-    if args.quick:
-        print('(--quick: the sample is too small for these ratios to mean much, so they are reported only)')
+    min_speedup, basis = min_speedup_for(prec, args.min_speedup)
+    print(f"miniai fast setup vs the lesson's setup, per full epoch: {speedup:.1f}x faster (minimum {min_speedup:g}x: {basis})")
+    if speedup < min_speedup: ok = False; print("FAIL: not fast enough compared to the lesson's setup")
+    if quick_mode():
+        print('(quick mode: the sample is too small for these ratios to mean much, so they are reported only)')
         return 0
     print('OK' if ok else 'FAILED')
     return 0 if ok else 1

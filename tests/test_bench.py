@@ -135,3 +135,43 @@ def test_epoch_breakdown_reports_each_part_and_their_sum(tmp_path):
 def test_epoch_breakdown_refuses_bad_options(args, msg):
     r = _breakdown(*args)
     assert r.returncode == 2 and msg in r.stderr, r.stderr
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# bench/bench_train.py
+
+import bench_train  # noqa: E402
+
+
+def _train(*args):
+    return subprocess.run([sys.executable, str(ROOT/'bench'/'bench_train.py'), *args], capture_output=True, text=True,
+                          env={**os.environ, 'MINIAI_QUICK': '1'}, cwd=ROOT, timeout=600)
+
+
+def test_bench_train_speedup_target_follows_the_precision():
+    assert bench_train.min_speedup_for('bf16') == (3.0, 'the target where the fast path trains in bf16')
+    assert bench_train.min_speedup_for('fp32')[0] == 1.2 < bench_train.min_speedup_for('fp16')[0]
+    assert bench_train.min_speedup_for('fp32', 2.5) == (2.5, 'given')
+
+
+def test_bench_train_reports_three_paths_and_both_checks():
+    r = _train('--train-batches', '2', '--repeats', '1', '--lesson-repeats', '1', '--threads', '1', '--bs', '256')
+    assert r.returncode == 0, r.stderr  # quick mode: the checks are reported, not failed
+    out = r.stdout.splitlines()
+    assert out[0] == 'miniai training benchmark' and 'torch thread' in out[1] and 'mixed precision: ' in r.stdout
+    rows = {l[:38].strip(): l[38:].split() for l in out if l.startswith(('bare PyTorch', 'miniai Learner', "lesson's setup"))}
+    assert len(rows) == 3 and rows["lesson's setup (per-item data, fp32)"][:2] == ['fp32,', 'NCHW']
+    for cells in rows.values():
+        secs, scaled = float(cells[2]), float(cells[3])
+        assert 0 < secs and scaled > 0 and cells[-1].endswith('%')
+    prec = rows['bare PyTorch loop'][0].rstrip(',')
+    assert f'(minimum {bench_train.MIN_SPEEDUP[prec]:g}x: the target where the fast path trains in {prec})' in r.stdout
+    assert 'miniai overhead over the bare loop, per full epoch: ' in r.stdout
+    assert 'the sample is too small' in r.stdout and 'FAILED' not in r.stdout
+
+
+@pytest.mark.parametrize('args,msg', [(['--bs', '0'], '--bs must be at least 1'), (['--min-speedup', '-1'], '--min-speedup must be a number of at least 0'),
+                                      (['--max-overhead', 'nan'], '--max-overhead must be a number'), (['--model', 'vgg'], "invalid choice: 'vgg'")])
+def test_bench_train_refuses_bad_options(args, msg):
+    r = _train(*args)
+    assert r.returncode == 2 and msg in r.stderr, r.stderr
