@@ -19,6 +19,7 @@ A recipe may carry changes, for ablations: `NAME:key=value,key=value` changes fi
 
     python bench/time_to_accuracy.py speed93 --seeds 5 --target 93        # the 93% recipe, five seeds
     python bench/time_to_accuracy.py speed93 speed93:tta='none' --seeds 5 # with and without its test-time views
+    python bench/time_to_accuracy.py target94 --views flip+shift          # also score each model with six views
     python bench/time_to_accuracy.py fast93 speed93 --seeds 1 2 --quick   # a smoke test on the shipped sample
 """
 import argparse, ast, json, os, re, statistics, sys, time
@@ -38,6 +39,9 @@ def parse_args(argv=None):
     p.add_argument('--epochs', type=int, default=None, help="epochs (default: each recipe's)")
     p.add_argument('--threads', type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument('--precision', default='auto', choices=['auto', 'bf16', 'fp16', 'fp32'], help="default: auto")
+    p.add_argument('--views', nargs='+', default=[], metavar='VIEWS',
+                   help="more kinds of test-time views ('none', 'flip', 'shift', 'flip+shift') to score each trained model with, "
+                        "after its timed run and not counted in its time; for choosing a recipe's views")
     p.add_argument('--out', type=Path, default=None, help='the report (.txt; a .json with every run beside it)')
     p.add_argument('--quick', action='store_true', help='use the small sample shipped with miniai (sets MINIAI_QUICK=1)')
     args = p.parse_args(argv)
@@ -47,6 +51,10 @@ def parse_args(argv=None):
     if args.threads is not None and args.threads < 1: p.error('--threads must be at least 1')
     try: args.specs = {spec: parse_spec(spec) for spec in args.recipes}
     except ValueError as e: p.error(str(e))
+    from miniai.augment import tta_views
+    for v in args.views:
+        try: tta_views(v)
+        except ValueError as e: p.error(f'--views: {e}')
     if args.out is not None and args.out.suffix != '.txt': p.error('--out is the text report: its name ends in .txt')
     return args
 
@@ -90,6 +98,7 @@ def main(argv=None):
     import torch
     if args.threads: torch.set_num_threads(args.threads)
     from miniai.accel import cpu_features, fast_dtype, machine_info
+    from miniai.augment import accuracy, tta_preds, tta_views
     from miniai.datasets import fashion_mnist_dls, quick_mode
     from miniai.recipes import get_recipe
     from miniai.train import train
@@ -113,15 +122,19 @@ def main(argv=None):
         runs[name] = []
         for seed in args.seeds:
             t0 = time.perf_counter()
-            _, res = train(r, seed=seed, precision=args.precision, progress=False, dls=loaders[r.bs])
+            learn, res = train(r, seed=seed, precision=args.precision, progress=False, dls=loaders[r.bs])
             secs = time.perf_counter() - t0
+            views = {v: accuracy(*tta_preds(learn, tta_views(v))) for v in args.views}  # after the clock stopped
             final = res.get('tta_accuracy', res['accuracy'])
             runs[name].append(dict(seed=seed, seconds=round(secs, 1), accuracy=res['accuracy'], final=final,
                                    tta=res.get('tta', 'none'), train_seconds=res['train_seconds'], dtype=res['dtype'],
-                                   history=res['history']))
+                                   history=res['history'], **({'views': views} if views else {})))
             lines.append(f"{name:10s} seed {seed:3d}: {final:.2%} ({res['accuracy']:.2%} without test-time views) in {secs:6.1f} s"
                          f" ({r.epochs} epochs, batch {r.bs}, {res['dtype']})")
             print(lines[-1], flush=True)
+            if views:
+                lines.append(f"{'':10s}   untimed, with other views: " + ', '.join(f'{v} {a:.2%}' for v, a in views.items()))
+                print(lines[-1], flush=True)
         summaries[name] = s = summarise(runs[name], args.target, limit)
         line = (f"{name:10s} {s['n']} seeds: mean {s['acc_mean']:.2f}% (sd {s['acc_sd']:.2f}, {s['acc_min']:.2f}-{s['acc_max']:.2f}%),"
                 f" mean {s['sec_mean']:.1f} s (slowest {s['sec_max']:.1f} s)")

@@ -48,12 +48,16 @@ def fast_dtype(device='cpu'):
     return None, f"no mixed precision known to pay on '{device}'"
 
 # %% ../nbs/11a_accel.ipynb #4c715e69
+def _cpuinfo(key, path='/proc/cpuinfo'):
+    "The first value of `key` in Linux's CPU description (None where there is none: another system, or no such line)."
+    try: return next(l.split(':', 1)[1].strip() for l in open(path) if l.split(':', 1)[0].strip() == key)
+    except (OSError, StopIteration): return None
+
 def machine_info() -> str:
-    "One line for reports: CPU model, cores, PyTorch threads, GPU if any, PyTorch version and today's date."
+    "One line for reports: CPU model (with its family and model numbers), cores, PyTorch threads, GPU if any, PyTorch version and today's date."
     import datetime, os, platform
-    cpu = platform.processor() or platform.machine()
-    try: cpu = next(l.split(':', 1)[1].strip() for l in open('/proc/cpuinfo') if l.startswith('model name'))
-    except (OSError, StopIteration): pass
+    cpu = _cpuinfo('model name') or platform.processor() or platform.machine()
+    if (family := _cpuinfo('cpu family')) and (model := _cpuinfo('model')): cpu += f' (family {family}, model {model})'
     gpu = f', GPU {torch.cuda.get_device_name()}' if torch.cuda.is_available() else ''
     return (f'{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch thread(s){gpu}, '
             f'torch {torch.__version__}, {datetime.date.today()}')

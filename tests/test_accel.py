@@ -398,6 +398,16 @@ def test_machine_info_one_line():
     assert f'torch {torch.__version__}' in s and 'core' in s
 
 
+def test_machine_info_names_the_cpu_generation(tmp_path):
+    "The family and model numbers tell apart processors that share a name (AVX2-only and AVX-512 BF16 'AMD EPYC's)."
+    info = tmp_path/'cpuinfo'
+    info.write_text('processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 17\nmodel name\t: AMD EPYC\n')
+    assert (accel._cpuinfo('model name', info), accel._cpuinfo('cpu family', info), accel._cpuinfo('model', info)) == ('AMD EPYC', '25', '17')
+    assert accel._cpuinfo('flags', info) is None and accel._cpuinfo('model', tmp_path/'absent') is None
+    family, model = accel._cpuinfo('cpu family'), accel._cpuinfo('model')
+    if family and model: assert f'(family {family}, model {model})' in machine_info()
+
+
 def test_fast_dtype_says_why(monkeypatch):
     "The path follows the processor: bf16 where it is native, float32 elsewhere, each with its reason."
     monkeypatch.setattr(accel, 'cpu_has_fast_bf16', lambda: True)

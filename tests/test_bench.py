@@ -75,7 +75,7 @@ def test_time_to_accuracy_summary_counts_runs_that_reach_the_target_in_time():
 
 def test_time_to_accuracy_reports_each_seed_the_machine_and_the_target(tmp_path):
     out = tmp_path/'tta.txt'
-    r = _tta('fast93', '--seeds', '3', '4', '--epochs', '1', '--threads', '1', '--target', '93', '--out', str(out))
+    r = _tta('fast93', '--seeds', '3', '4', '--epochs', '1', '--threads', '1', '--target', '93', '--views', 'none', 'flip+shift', '--out', str(out))
     assert r.returncode == 0, r.stderr  # quick mode: a missed target is reported, not failed
     lines = out.read_text().splitlines()
     assert lines[0].startswith('time to accuracy, ') and 'torch thread' in lines[0]
@@ -87,12 +87,17 @@ def test_time_to_accuracy_reports_each_seed_the_machine_and_the_target(tmp_path)
     assert report['quick'] and report['target'] == 93.0 and report['limit_seconds'] in (60, 120)
     assert [r['seed'] for r in report['runs']['fast93']] == [3, 4] and report['cpu']['capability']
     assert report['summaries']['fast93']['n'] == 2
+    views = [l for l in lines if 'untimed, with other views: none ' in l and ', flip+shift ' in l]
+    assert len(views) == 2 and all(set(r['views']) == {'none', 'flip+shift'} for r in report['runs']['fast93'])
+    run = report['runs']['fast93'][0]
+    assert run['views']['none'] == pytest.approx(run['accuracy'], abs=1e-6)  # no views: the plain accuracy again
 
 
 @pytest.mark.parametrize('args,msg', [(['fast93', '--seeds', '-1'], 'a seed must be at least 0'),
                                       (['fast93', '--epochs', '0'], '--epochs must be at least 1'),
                                       (['vgg16'], "unknown recipe 'vgg16'"), (['fast93', '--target', '95'], "invalid choice: 95.0"),
-                                      (['fast93', '--out', 'report.json'], 'ends in .txt')])
+                                      (['fast93', '--out', 'report.json'], 'ends in .txt'),
+                                      (['fast93', '--views', 'mirror'], "--views: tta_views: unknown kind 'mirror'")])
 def test_time_to_accuracy_refuses_bad_options(args, msg):
     r = _tta(*args)
     assert r.returncode == 2 and msg in r.stderr, r.stderr
@@ -108,6 +113,15 @@ def test_time_to_accuracy_recipe_changes_for_ablations():
                       ('fast93:model.depth=3', "doesn't take"), ('fast95', "unknown recipe 'fast95'")]:
         with pytest.raises(ValueError, match=msg): tta.parse_spec(spec)
 
+
+@pytest.mark.parametrize('name,spec', [
+    ('target93', 'speed93:lr=2e-2,label_smoothing=0.1'),
+    ('target94', 'speed93:model.nfs=(16,32,64,128,256),model.pool_stem=True,epochs=16,pad=1')])
+def test_speed_run_recipes_are_the_timed_changes(name, spec):
+    "The named speed-run recipes train exactly what bench/results timed as changes of speed93, so its figures are theirs."
+    from dataclasses import replace
+    assert replace(tta.parse_spec(spec), desc=RECIPES[name].desc) == RECIPES[name]
+    assert replace(RECIPES['speed93'], desc=RECIPES[name].desc) != RECIPES[name]  # the comparison sees the changes
 
 # ---------------------------------------------------------------------------------------------------------------------
 # bench/epoch_breakdown.py
