@@ -67,6 +67,7 @@ class Recipe:
 
 # %% ../nbs/16_recipes.ipynb #0e0deed2
 _wider = dict(nfs=(16, 32, 64, 128, 256, 512), head='flatten')
+_narrow = dict(nfs=(8, 16, 32, 64, 128, 256), head='flatten', first='conv')  # notebook 13's first ResNet, one-conv stem
 RECIPES = {
     'cnn':      Recipe("Lesson 11's CNN (stride-2 convs, 8 to 64 channels, BatchNorm), batch 1024, peak lr 6e-2, 5 epochs (lesson: 90.6%)",
                        dict(), arch='cnn', epochs=5, lr=6e-2),
@@ -80,9 +81,9 @@ RECIPES = {
     'fast93':   Recipe("The cheapest model (one stem conv, pooled head), batch 256, 5 epochs, per-image flips, flip TTA",
                        dict(first='conv'), epochs=5, lr=1e-2, bs=256, aug='image', pad=0, tta='flip'),
     'speed93':  Recipe("fast93 on notebook 13's 8-to-256 ResNet (a third of the multiply-adds), flattened head: the speed-run recipe",
-                       dict(nfs=(8, 16, 32, 64, 128, 256), head='flatten', first='conv'), epochs=5, lr=1e-2, bs=256, aug='image', pad=0, tta='flip'),
+                       _narrow, epochs=5, lr=1e-2, bs=256, aug='image', pad=0, tta='flip'),
     'target93': Recipe("speed93 with the peak lr at 2e-2 and label smoothing 0.1: the closest we have come to 93% in 60 s (notebook 16c)",
-                       dict(nfs=(8, 16, 32, 64, 128, 256), head='flatten', first='conv'), epochs=5, lr=2e-2, bs=256, aug='image', pad=0,
+                       _narrow, epochs=5, lr=2e-2, bs=256, aug='image', pad=0,
                        label_smoothing=0.1, tta='flip'),
     'target94': Recipe("16 epochs of a ResNet with a max-pooled stem (16 to 256), peak lr 2e-2, label smoothing 0.1, per-image crop+flip, flip TTA: toward 94% in 5 minutes (notebook 16c)",
                        dict(nfs=(16, 32, 64, 128, 256), head='flatten', first='conv', pool_stem=True), epochs=16, lr=2e-2, bs=256, aug='image',
